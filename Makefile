@@ -1,0 +1,35 @@
+# kumofs-rs: the two commands a new machine needs are `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: all build release run test test-heavy lint fmt bench clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release --workspace
+
+# Builds in release mode and runs a local cluster in the foreground (Ctrl-C stops it).
+run: release
+	./perf/local-cluster.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The whole suite: lints, unit, property and integration tests (needs memcached and
+# libmemcached-tools for the conformance checks; .ci/run installs them).
+test: lint
+	$(CARGO) test --workspace --all-targets
+
+# Long fault loops (crash tests with many iterations).
+test-heavy:
+	KUMO_HEAVY=1 $(CARGO) test --workspace --all-targets --release -- --include-ignored
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("kumo-gateway: not built yet");
+    std::process::exit(2);
+}

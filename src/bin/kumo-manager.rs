@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("kumo-manager: not built yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! The `gateway` subsystem (under construction).

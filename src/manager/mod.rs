@@ -1,0 +1,1 @@
+//! The `manager` subsystem (under construction).

@@ -1,0 +1,1 @@
+//! The `protocol` subsystem (under construction).

@@ -1,0 +1,1 @@
+//! The `ring` subsystem (under construction).

@@ -1,0 +1,1 @@
+//! The `runtime` subsystem (under construction).
