@@ -20,6 +20,7 @@
 //! | [`runtime`] | glommio executors, shards, listeners |
 //! | [`manager`], [`server`], [`gateway`] | the three daemons |
 
+pub mod cli;
 pub mod cluster;
 pub mod gateway;
 pub mod manager;

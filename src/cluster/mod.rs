@@ -1,1 +1,3 @@
-//! The `cluster` subsystem (under construction).
+//! Sans-IO cluster logic: the hybrid logical clock, membership and routing, rebalance.
+
+pub mod membership;
