@@ -45,7 +45,8 @@ fn parse_cpu(text: &str) -> Option<usize> {
 pub fn available_cpus() -> Result<Vec<usize>, RuntimeError> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(RuntimeError::Io(format!(
             "sched_getaffinity: {}",
@@ -54,9 +55,13 @@ pub fn available_cpus() -> Result<Vec<usize>, RuntimeError> {
     }
     let max = (std::mem::size_of::<libc::cpu_set_t>() * 8).min(MAX_CPU + 1);
     // SAFETY: CPU_ISSET only reads the set, and cpu < the set's bit size.
-    let cpus: Vec<usize> = (0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
+    let cpus: Vec<usize> = (0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
     if cpus.is_empty() {
-        return Err(RuntimeError::Io("the process affinity mask is empty".into()));
+        return Err(RuntimeError::Io(
+            "the process affinity mask is empty".into(),
+        ));
     }
     Ok(cpus)
 }
@@ -74,7 +79,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_lists() {
-        for bad in ["", ",", "1,", "a", "3-1", "1-", "-1", "99999", "0-99999", "+1"] {
+        for bad in [
+            "", ",", "1,", "a", "3-1", "1-", "-1", "99999", "0-99999", "+1",
+        ] {
             assert!(parse_cpu_list(bad).is_err(), "{bad:?} accepted");
         }
     }

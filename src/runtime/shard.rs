@@ -155,7 +155,8 @@ impl Runtime {
                     failure.get_or_insert((id, detail));
                 }
                 Err(_) => {
-                    failure.get_or_insert((usize::MAX, "a shard thread died while starting".into()));
+                    failure
+                        .get_or_insert((usize::MAX, "a shard thread died while starting".into()));
                 }
             }
         }
@@ -236,20 +237,28 @@ impl<M: Send + 'static> ShardContext<M> {
         let (inbox_tx, inbox) = local_channel::new_unbounded();
         let inbox_tx = Rc::new(inbox_tx);
         let senders = if count > 1 {
-            let (senders, receivers) = mesh
-                .join()
-                .await
-                .map_err(|_| RuntimeError::Io(format!("shard {id}: joining the channel mesh failed")))?;
+            let (senders, receivers) = mesh.join().await.map_err(|_| {
+                RuntimeError::Io(format!("shard {id}: joining the channel mesh failed"))
+            })?;
             let receivers = Rc::new(receivers);
             for peer in (0..count).filter(|&peer| peer != id) {
-                glommio::spawn_local(drain_peer(receivers.clone(), peer, inbox_tx.clone())).detach();
+                glommio::spawn_local(drain_peer(receivers.clone(), peer, inbox_tx.clone()))
+                    .detach();
             }
             Some(Rc::new(senders))
         } else {
             None
         };
         let signal = ShutdownSignal::spawn_watcher(shutdown.clone());
-        Ok(ShardContext { id, count, senders, inbox_tx, inbox, shutdown, signal })
+        Ok(ShardContext {
+            id,
+            count,
+            senders,
+            inbox_tx,
+            inbox,
+            shutdown,
+            signal,
+        })
     }
 
     /// This shard's index, `0..shard_count()`.
@@ -271,9 +280,10 @@ impl<M: Send + 'static> ShardContext<M> {
                 .map_err(|_| RuntimeError::PeerGone(to));
         }
         match &self.senders {
-            Some(senders) if to < self.count => {
-                senders.send_to(to, msg).await.map_err(|_| RuntimeError::PeerGone(to))
-            }
+            Some(senders) if to < self.count => senders
+                .send_to(to, msg)
+                .await
+                .map_err(|_| RuntimeError::PeerGone(to)),
             _ => Err(RuntimeError::PeerGone(to)),
         }
     }
