@@ -198,6 +198,7 @@ command -v memtier_benchmark >/dev/null && GEN="memtier_benchmark"
     echo "- command: \`$COMMAND\` (time ${TIME}s per run, best of $RUNS)"
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
     echo "- machine: $(uname -srm), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    echo "- load average at the end (other work on the machine skews results): $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- memcached: $(memcached -V 2>/dev/null) with -t 1 on CPU $SERVER_CPU; load generator $GEN on CPU $LOADGEN_CPU"
     echo "- load: 50 connections, get:set 10:1, 32-byte values, 100000 prefilled keys"
     echo

@@ -46,6 +46,8 @@ pub struct Options {
     pub prefill: bool,
     /// Random seed of the key choice.
     pub seed: u64,
+    /// Microseconds an idle generator thread spins before it sleeps (saves wake-ups; burns its CPU).
+    pub spin_us: u64,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             verify: false,
             prefill: false,
             seed: 0x6b75_6d6f,
+            spin_us: 0,
         }
     }
 }
@@ -105,6 +108,7 @@ usage: kumo-bench [options]
       --verify             check every value read
       --prefill            set every key once before the measured run
       --seed N             seed of the random key choice
+      --spin-us N          spin N us before an idle thread sleeps (default 0)
   -h, --help               this text
 The last line printed is machine-readable: RESULT ops=.. ops_per_sec=.. p50_us=.. p99_us=.. ...";
 
@@ -171,6 +175,7 @@ impl Options {
                 "--cpu" => o.cpu = Some(number(&name, &value)?),
                 "-t" | "--threads" => o.threads = number(&name, &value)?,
                 "--seed" => o.seed = number(&name, &value)?,
+                "--spin-us" => o.spin_us = number(&name, &value)?,
                 _ => return Err(OptionsError::Invalid(format!("unknown option {name}"))),
             }
         }

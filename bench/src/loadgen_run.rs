@@ -180,6 +180,7 @@ pub fn run(opts: &Options) -> Result<Totals, String> {
         let handle = LocalExecutorBuilder::new(placement)
             .name("kumo-bench")
             .io_memory(1 << 20)
+            .spin_before_park(Duration::from_micros(opts.spin_us))
             .spawn(move || thread_main(opts, addr, conn_ids, barrier))
             .map_err(|e| format!("cannot start generator thread {t}: {e}"))?;
         handles.push(handle);
