@@ -40,7 +40,8 @@ cleanup() {
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 130" INT TERM
 
 log() { echo "== $*" >&2; }
 
@@ -72,13 +73,15 @@ wait_port() {
 }
 
 # The load generator: memtier_benchmark if installed, else ours. Prints "ops p50_us p99_us".
+# memtier's Totals line is: Totals ops/s hits/s misses/s avg p50 p99 p99.9 KB/s, latencies in ms
+# (memtier is not installable on our machines, so that branch is untested here).
 loadgen() { # PORT PROTOCOL PIPELINE
     local port=$1 proto=$2 pipeline=$3 out
     if command -v memtier_benchmark >/dev/null; then
         out=$(taskset -c "$LOADGEN_CPU" memtier_benchmark -s 127.0.0.1 -p "$port" \
             --protocol="memcache_$proto" -t 1 -c 50 --pipeline="$pipeline" --ratio=1:10 \
             --key-maximum=100000 -d 32 --test-time="$TIME" --hide-histogram 2>/dev/null |
-            awk '$1 == "Totals" { print $2, $(NF-3), $(NF-1) }')
+            awk '$1 == "Totals" { printf "%s %.1f %.1f\n", $2, $(NF-3) * 1000, $(NF-2) * 1000 }')
         [ -n "$out" ] && echo "$out"
         return
     fi

@@ -494,3 +494,126 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+
+    fn options(port: u16) -> Options {
+        Options {
+            port,
+            clients: 4,
+            pipeline: 8,
+            key_maximum: 500,
+            key_prefix: format!("lg-test-{}-", std::process::id()),
+            stop: StopAfter::Requests(200),
+            verify: true,
+            prefill: true,
+            ..Options::default()
+        }
+    }
+
+    /// A fake server that answers every request with `reply`, then closes.
+    fn fake_server(reply: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut s) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    if s.read(&mut buf).unwrap_or(0) > 0 {
+                        let _ = s.write_all(reply);
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn malformed_or_closed_replies_fail_the_connections_cleanly() {
+        for reply in [&b"HELLO\r\n"[..], b"", b"VALUE k 0 999999999999\r\n"] {
+            let mut o = options(fake_server(reply));
+            o.prefill = false;
+            let totals = run(&o).unwrap();
+            assert_eq!(totals.failures.len(), 4, "{:?}", totals.failures);
+            assert_eq!(totals.ops(), 0);
+        }
+    }
+
+    struct Memcached(Child);
+    impl Drop for Memcached {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn memcached() -> Option<(Memcached, u16)> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("memcached")
+            .args([
+                "-u",
+                "root",
+                "-U",
+                "0",
+                "-l",
+                "127.0.0.1",
+                "-t",
+                "1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let guard = Memcached(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some((guard, port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    #[test]
+    fn verified_load_against_memcached_in_both_protocols() {
+        let Some((_server, port)) = memcached() else {
+            eprintln!("memcached is not installed; skipping (apt-get install memcached)");
+            return;
+        };
+        for protocol in [Protocol::Text, Protocol::Binary] {
+            let o = Options {
+                protocol,
+                threads: 2,
+                ..options(port)
+            };
+            let totals = run(&o).unwrap();
+            assert!(totals.failures.is_empty(), "{:?}", totals.failures);
+            assert_eq!(totals.ops(), 4 * 200);
+            // Every key was prefilled, so every get hits and every value checks out.
+            assert_eq!(totals.hits, totals.gets);
+            assert_eq!(
+                (totals.misses, totals.server_errors, totals.verify_failures),
+                (0, 0, 0)
+            );
+            assert_eq!(totals.latency_ns.len(), 800);
+            assert!(totals
+                .report(&o)
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with("RESULT ops=800 "));
+        }
+    }
+}
