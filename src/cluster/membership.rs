@@ -19,14 +19,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// State of a server in a routing table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeState {
-    /// Serving: it holds copies and answers requests.
-    Active,
-    /// Attached but judged down: its ring positions stay and are skipped.
-    Fault,
-}
+pub use crate::ring::NodeState;
 
 /// One routing table: the attached servers with their states, under a version.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

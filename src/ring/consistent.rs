@@ -1,0 +1,305 @@
+//! The ring itself: sorted virtual-node positions and the clockwise walk that assigns a key's servers.
+
+use super::hash::vnode_position;
+use super::routing::NodeState;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Copies of every key: the coordinator plus two replicas.
+pub const REPLICAS: usize = 3;
+
+/// Virtual nodes per server. kumofs used 128, which leaves the busiest of 20 servers owning about 25%
+/// more than the mean; the spread of a server's share shrinks as 1/sqrt(vnodes), and with 1024 the
+/// busiest of 3..20 servers owns less than 10% above the mean (measured exactly in
+/// `tests/ring_balance.rs`: worst 1.099). A ring of 60 servers is then 61,440 entries (about 600 KiB),
+/// still one binary search per lookup.
+pub const VNODES_PER_SERVER: u32 = 1024;
+
+/// Most servers a ring may hold (node indexes are stored as u16).
+pub const MAX_NODES: usize = 4096;
+
+/// Why a node list cannot become a ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RingError {
+    /// The same address appears twice.
+    DuplicateNode(SocketAddr),
+    /// More than [`MAX_NODES`] servers.
+    TooManyNodes(usize),
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingError::DuplicateNode(a) => write!(f, "node {a} is listed twice"),
+            RingError::TooManyNodes(n) => write!(f, "{n} nodes, at most {MAX_NODES} allowed"),
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+/// Up to [`REPLICAS`] distinct servers of a key, in ring order (first = coordinator candidate).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    addrs: [SocketAddr; REPLICAS],
+    indexes: [u16; REPLICAS],
+    len: u8,
+}
+
+impl Assignment {
+    fn empty() -> Self {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Assignment {
+            addrs: [unspecified; REPLICAS],
+            indexes: [0; REPLICAS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, index: u16, addr: SocketAddr) {
+        let at = usize::from(self.len);
+        if at < REPLICAS {
+            self.addrs[at] = addr;
+            self.indexes[at] = index;
+            self.len += 1;
+        }
+    }
+
+    /// The servers' addresses, in ring order.
+    pub fn as_slice(&self) -> &[SocketAddr] {
+        &self.addrs[..usize::from(self.len)]
+    }
+
+    /// The servers' indexes into [`Ring::nodes`], in ring order (handy to index per-server connections).
+    pub fn indexes(&self) -> &[u16] {
+        &self.indexes[..usize::from(self.len)]
+    }
+
+    /// Whether `addr` is one of the servers.
+    pub fn contains(&self, addr: &SocketAddr) -> bool {
+        self.as_slice().contains(addr)
+    }
+}
+
+impl std::ops::Deref for Assignment {
+    type Target = [SocketAddr];
+    fn deref(&self) -> &[SocketAddr] {
+        self.as_slice()
+    }
+}
+
+impl fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// A consistent-hashing ring built from a node list. Immutable: a change of membership builds a new one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ring {
+    nodes: Vec<(SocketAddr, NodeState)>,
+    /// Virtual-node positions, sorted ascending; `owners[i]` is the node index of `positions[i]`.
+    /// Two parallel vectors keep the binary search on a dense array of u64.
+    positions: Vec<u64>,
+    owners: Vec<u16>,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("nodes", &self.nodes)
+            .field("vnodes", &self.positions.len())
+            .finish()
+    }
+}
+
+impl Ring {
+    /// Builds the ring. The placement depends on the addresses only, not on the order of `nodes`
+    /// (equal positions, a 2^-64 event, are ordered by address).
+    pub fn new(nodes: &[(SocketAddr, NodeState)]) -> Result<Ring, RingError> {
+        if nodes.len() > MAX_NODES {
+            return Err(RingError::TooManyNodes(nodes.len()));
+        }
+        let mut sorted: Vec<&(SocketAddr, NodeState)> = nodes.iter().collect();
+        sorted.sort_by_key(|(addr, _)| *addr);
+        for pair in sorted.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(RingError::DuplicateNode(pair[0].0));
+            }
+        }
+        let mut entries: Vec<(u64, SocketAddr, u16)> =
+            Vec::with_capacity(nodes.len() * VNODES_PER_SERVER as usize);
+        for (index, (addr, _)) in nodes.iter().enumerate() {
+            // MAX_NODES < u16::MAX, checked above.
+            let index = index as u16;
+            for vnode in 0..VNODES_PER_SERVER {
+                entries.push((vnode_position(addr, vnode), *addr, index));
+            }
+        }
+        entries.sort_unstable_by_key(|&(pos, addr, _)| (pos, addr));
+        Ok(Ring {
+            nodes: nodes.to_vec(),
+            positions: entries.iter().map(|e| e.0).collect(),
+            owners: entries.iter().map(|e| e.2).collect(),
+        })
+    }
+
+    /// A ring without servers: every lookup is empty.
+    pub fn default_empty() -> Ring {
+        Ring {
+            nodes: Vec::new(),
+            positions: Vec::new(),
+            owners: Vec::new(),
+        }
+    }
+
+    /// The node list the ring was built from, in its original order.
+    pub fn nodes(&self) -> &[(SocketAddr, NodeState)] {
+        &self.nodes
+    }
+
+    /// Number of virtual nodes on the ring.
+    pub fn vnode_count(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The sorted virtual nodes as (position, node index), e.g. for `kumohash dump`.
+    pub fn vnodes(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.positions
+            .iter()
+            .zip(&self.owners)
+            .map(|(&p, &o)| (p, usize::from(o)))
+    }
+
+    /// The first [`REPLICAS`] distinct servers clockwise from `hash`, fault ones included (kumofs's
+    /// `EACH_ASSIGN`). The first virtual node at or after `hash` owns it, wrapping past the top.
+    pub fn assigned(&self, hash: u64) -> Assignment {
+        self.walk(hash)
+    }
+
+    /// The live servers among [`Ring::assigned`]: fault servers are skipped, not replaced.
+    pub fn assign(&self, hash: u64) -> Assignment {
+        let all = self.assigned(hash);
+        let mut live = Assignment::empty();
+        for (&index, &addr) in all.indexes().iter().zip(all.as_slice()) {
+            if self.nodes[usize::from(index)].1 == NodeState::Active {
+                live.push(index, addr);
+            }
+        }
+        live
+    }
+
+    /// The server that coordinates writes of `hash`: the first live one of its assigned servers.
+    pub fn coordinator(&self, hash: u64) -> Option<SocketAddr> {
+        self.assign(hash).first().copied()
+    }
+
+    fn walk(&self, hash: u64) -> Assignment {
+        let mut out = Assignment::empty();
+        let total = self.positions.len();
+        if total == 0 {
+            return out;
+        }
+        let wanted = REPLICAS.min(self.nodes.len());
+        let start = self.positions.partition_point(|&p| p < hash);
+        for step in 0..total {
+            let at = (start + step) % total;
+            let owner = self.owners[at];
+            if !out.indexes().contains(&owner) {
+                out.push(owner, self.nodes[usize::from(owner)].0);
+                if out.as_slice().len() == wanted {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 19800 + i))
+    }
+
+    fn active(n: u16) -> Vec<(SocketAddr, NodeState)> {
+        (0..n).map(|i| (addr(i), NodeState::Active)).collect()
+    }
+
+    #[test]
+    fn empty_ring_assigns_nothing() {
+        let ring = Ring::new(&[]).unwrap();
+        assert!(ring.assigned(7).is_empty());
+        assert_eq!(ring.coordinator(7), None);
+    }
+
+    #[test]
+    fn small_rings_assign_every_node_once() {
+        for n in 1..=3u16 {
+            let ring = Ring::new(&active(n)).unwrap();
+            for h in [0, 1, u64::MAX, 1 << 63] {
+                let a = ring.assigned(h);
+                assert_eq!(a.len(), usize::from(n));
+                let mut sorted = a.to_vec();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), usize::from(n));
+            }
+        }
+    }
+
+    #[test]
+    fn first_vnode_at_or_after_hash_owns_it_and_wraps() {
+        let ring = Ring::new(&active(5)).unwrap();
+        let (pos, owner) = ring.vnodes().nth(10).unwrap();
+        assert_eq!(ring.assigned(pos)[0], addr(owner as u16));
+        let (first_pos, first_owner) = ring.vnodes().next().unwrap();
+        let (last_pos, _) = ring.vnodes().last().unwrap();
+        assert_eq!(ring.assigned(first_pos)[0], addr(first_owner as u16));
+        if last_pos < u64::MAX {
+            assert_eq!(ring.assigned(last_pos + 1)[0], addr(first_owner as u16));
+        }
+    }
+
+    #[test]
+    fn duplicates_and_oversize_are_rejected() {
+        let mut nodes = active(3);
+        nodes.push((addr(1), NodeState::Fault));
+        assert_eq!(Ring::new(&nodes), Err(RingError::DuplicateNode(addr(1))));
+        let many: Vec<_> = (0..=MAX_NODES as u32)
+            .map(|i| {
+                (
+                    SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1)),
+                    NodeState::Active,
+                )
+            })
+            .collect();
+        assert_eq!(
+            Ring::new(&many),
+            Err(RingError::TooManyNodes(MAX_NODES + 1))
+        );
+    }
+
+    #[test]
+    fn fault_nodes_keep_their_place_and_are_skipped() {
+        let mut nodes = active(6);
+        let ring = Ring::new(&nodes).unwrap();
+        nodes[2].1 = NodeState::Fault;
+        let degraded = Ring::new(&nodes).unwrap();
+        for i in 0..2000u64 {
+            let h = crate::ring::key_hash(&i.to_le_bytes());
+            assert_eq!(ring.assigned(h), degraded.assigned(h));
+            let live = degraded.assign(h);
+            let expect: Vec<_> = ring
+                .assigned(h)
+                .iter()
+                .copied()
+                .filter(|a| *a != addr(2))
+                .collect();
+            assert_eq!(live.as_slice(), &expect[..]);
+            assert_eq!(degraded.coordinator(h), expect.first().copied());
+        }
+    }
+}
