@@ -32,6 +32,11 @@ pub fn ruby_time(unix_secs: u64) -> String {
     )
 }
 
+/// The UTC calendar date (year, month 1-12, day 1-31) of a unix time.
+pub fn utc_date(unix_secs: u64) -> (i64, u32, u32) {
+    civil_from_days((unix_secs / 86_400) as i64)
+}
+
 /// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic Gregorian calendar.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

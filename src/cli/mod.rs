@@ -7,6 +7,8 @@
 //! for a person, printed with the usage text; nothing here panics on user input.
 
 mod addr;
+pub mod daemon;
+pub mod log;
 
 pub use addr::{parse_listen_addr, parse_peer_addr, AddrError};
 

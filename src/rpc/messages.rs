@@ -5,11 +5,16 @@
 //! - server, gateway and kumoctl -> manager: [`ManagerRequest`] / [`ManagerResponse`].
 //!
 //! Keys and values travel as msgpack binary (`serde_bytes`), never as arrays of integers. Routing
-//! tables are an opaque msgpack blob here; the ring module owns their type.
+//! tables are [`RoutingTable`]s, serialized as their version and node list.
 //! These enums are encoded by name (rmp-serde `to_vec`), so adding a variant at the end does not
 //! change the encoding of existing ones.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::membership::{Rebalance, StatusReport};
+use crate::ring::RoutingTable;
 
 /// What a data write does; the value and its metadata travel beside it in [`DataRequest::Write`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,51 +133,59 @@ pub enum ReplicationResponse {
     Error(String),
 }
 
-/// A server's state as the manager sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServerState {
-    NotAttached,
-    Active,
-    Fault,
+/// Everything a server or gateway needs to route: both tables, each server's shard count (so a
+/// client can compute a key's core on it), and the rebalance in progress, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingSnapshot {
+    /// Stamped by the manager on every change (a hybrid-logical-clock value): a receiver adopts a
+    /// snapshot whose epoch is newer than its own. Table versions alone do not do, because switching
+    /// reads to the write table at the end of a rebalance changes no table version.
+    pub epoch: u64,
+    pub write: RoutingTable,
+    pub read: RoutingTable,
+    /// Shard (core) count of every known server.
+    pub shards: Vec<(SocketAddr, u16)>,
+    pub rebalance: Option<Rebalance>,
 }
 
-/// One server line of `kumoctl status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerStatus {
-    pub addr: String,
-    pub state: ServerState,
-}
+impl RoutingSnapshot {
+    /// An empty snapshot (epoch 0): what a process has before it heard from a manager.
+    pub fn empty() -> Self {
+        RoutingSnapshot {
+            epoch: 0,
+            write: RoutingTable::empty(),
+            read: RoutingTable::empty(),
+            shards: Vec::new(),
+            rebalance: None,
+        }
+    }
 
-/// What the manager reports for `kumoctl status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub routing_version: u64,
-    pub servers: Vec<ServerStatus>,
-    pub auto_replace: bool,
-    /// A rebalance is running.
-    pub replacing: bool,
+    /// Shard count of `server` (1 when unknown).
+    pub fn shards_of(&self, server: &SocketAddr) -> usize {
+        self.shards
+            .iter()
+            .find(|(addr, _)| addr == server)
+            .map_or(1, |(_, n)| usize::from((*n).max(1)))
+    }
 }
 
 /// Requests to a manager (from servers, gateways, kumoctl and the partner manager).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ManagerRequest {
-    /// A server announces itself (its data address, and its stream port for rebalance copies).
-    Register {
-        addr: String,
-        stream_port: u16,
-    },
-    /// Periodic liveness report of a server, with the routing version it uses.
+    /// A server announces itself and says it is alive (sent every keepalive interval): its data
+    /// address, stream port for rebalance copies, shard count, and the routing version it has.
+    /// The manager answers with [`ManagerResponse::Routing`] when it has a newer one.
     KeepAlive {
-        addr: String,
+        addr: SocketAddr,
+        stream_port: u16,
+        shards: u16,
         routing_version: u64,
     },
-    GetRouting,
-    /// Manager -> partner manager or server/gateway: a newer routing table (opaque msgpack blob).
-    RoutingPush {
-        version: u64,
-        #[serde(with = "serde_bytes")]
-        table: Vec<u8>,
+    /// A gateway (or tool) asks for the routing snapshot if newer than `known_version`.
+    GetRouting {
+        known_version: u64,
     },
+    /// kumoctl status.
     Status,
     Attach {
         replace: bool,
@@ -187,18 +200,21 @@ pub enum ManagerRequest {
         suffix: String,
     },
     SetAutoReplace(bool),
+    /// A server finished the current phase of rebalance `target`.
+    PhaseDone {
+        addr: SocketAddr,
+        target: u64,
+    },
 }
 
 /// Manager answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ManagerResponse {
     Ok,
-    Registered,
-    Routing {
-        version: u64,
-        #[serde(with = "serde_bytes")]
-        table: Vec<u8>,
-    },
-    Status(ClusterStatus),
+    /// The caller already has the newest routing.
+    UpToDate,
+    Routing(RoutingSnapshot),
+    Status(StatusReport),
+    AutoReplace(bool),
     Error(String),
 }

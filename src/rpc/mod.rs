@@ -10,6 +10,7 @@
 //! peer. To bind a connection to the server core that owns its keys, the client sends a [`Hello`]
 //! naming the shard, and the server side uses [`read_hello`] and `runtime::HandedOffStream`.
 
+pub mod blocking;
 pub mod frame;
 pub mod messages;
 

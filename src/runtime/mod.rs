@@ -35,7 +35,7 @@ mod shutdown;
 mod time;
 
 pub use cpus::{available_cpus, parse_cpu_list, MAX_CPU};
-pub use net::{connect, HandedOffStream, Listener, TcpStream};
+pub use net::{accept_until, connect, HandedOffStream, Listener, TcpStream};
 pub use shard::{Runtime, RuntimeConfig, ShardContext};
 pub use shutdown::{Shutdown, ShutdownSignal, POLL_INTERVAL};
 pub use time::{sleep, timeout, Elapsed};

@@ -88,3 +88,25 @@ impl HandedOffStream {
         self.fd.as_raw_fd()
     }
 }
+
+/// Accepts the next connection, or returns `None` once `stop` fires (or the listener fails for good).
+/// Transient accept errors (a connection reset before accept, running out of descriptors for a
+/// moment) are logged and retried after a short pause rather than ending the listener.
+pub async fn accept_until(listener: &Listener, stop: &super::ShutdownSignal) -> Option<TcpStream> {
+    loop {
+        if stop.is_fired() {
+            return None;
+        }
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        });
+        match next.await? {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                crate::warn!("accept failed: {e}");
+                super::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
