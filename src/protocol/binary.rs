@@ -492,7 +492,7 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
         }
         Reply::Exists => write_error(out, ctx.opcode, ctx.opaque, status::KEY_EEXISTS),
         Reply::NotFound => write_error(out, ctx.opcode, ctx.opaque, status::KEY_ENOENT),
-        Reply::Deleted | Reply::Touched | Reply::Ok | Reply::Quit => {
+        Reply::Deleted | Reply::Touched | Reply::Ok | Reply::Quit | Reply::Reset => {
             if !ctx.quiet {
                 write_status(out, ctx, status::SUCCESS, 0);
             }

@@ -49,6 +49,7 @@ fn encode_text(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
             b""
         }
         Reply::Ok => b"OK",
+        Reply::Reset => b"RESET",
         Reply::Version(version) => {
             out.extend_from_slice(b"VERSION ");
             out.extend_from_slice(version.as_bytes());
@@ -81,6 +82,9 @@ pub(crate) fn write_text_error(error: ErrorReply, out: &mut Vec<u8>) {
         ErrorReply::InvalidDelta => b"CLIENT_ERROR invalid numeric delta argument",
         ErrorReply::NonNumeric => b"CLIENT_ERROR cannot increment or decrement non-numeric value",
         ErrorReply::InvalidFlag => b"CLIENT_ERROR invalid flag",
+        ErrorReply::InvalidMode => b"CLIENT_ERROR invalid mode for ms M token",
+        ErrorReply::OpaqueTooLong => b"CLIENT_ERROR opaque token too long",
+        ErrorReply::KeyDecode => b"CLIENT_ERROR error decoding key",
         ErrorReply::TooLarge => b"SERVER_ERROR object too large for cache",
         ErrorReply::OutOfMemory => b"SERVER_ERROR out of memory storing object",
         ErrorReply::Server(message) => {

@@ -64,7 +64,7 @@ fn parse_flags(tokens: &[&[u8]], allowed: &[u8]) -> Result<Flags, ErrorReply> {
             b'q' => flags.quiet = true,
             b'u' => {}
             b'O' => {
-                flags.meta.opaque = Opaque::new(arg).ok_or(bad)?;
+                flags.meta.opaque = Opaque::new(arg).ok_or(ErrorReply::OpaqueTooLong)?;
                 flags.meta.push_return(b'O');
             }
             b'C' => flags.compare_cas = parse_u64(arg).ok_or(bad)?,
@@ -119,7 +119,7 @@ pub(crate) fn decode<'a>(
         )));
     }
     let Some((&raw_key, args)) = tokens.split_first() else {
-        return meta_reject(ErrorReply::BadCommandLine);
+        return meta_reject(ErrorReply::UnknownCommand);
     };
     if name == b"me" {
         return meta_reject(ErrorReply::Server("me is not supported by kumofs"));
@@ -160,7 +160,12 @@ pub(crate) fn decode<'a>(
         }
     };
     let Some(key) = key(limits, raw_key, flags.meta.base64) else {
-        return meta_reject(ErrorReply::BadCommandLine);
+        let error = if flags.meta.base64 {
+            ErrorReply::KeyDecode
+        } else {
+            ErrorReply::BadCommandLine
+        };
+        return meta_reject(error);
     };
     let command = match name {
         b"mg" => Command::Get {

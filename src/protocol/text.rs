@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 
 use super::meta;
-use super::types::{Command, ErrorReply, Exptime, KeyList, ReplyContext, Request, StoreMode};
+use super::types::{
+    Command, ErrorReply, Exptime, KeyList, ReplyContext, Request, StatsGroup, StoreMode,
+};
 use super::{Limits, ProtocolError};
 
 /// memcached closes a connection whose first 2048 bytes hold no newline, unless it is a long get.
@@ -65,15 +67,10 @@ impl TextDecoder {
             b"gets" => Ok(Some((self.get(rest, true, None), line_len))),
             b"gat" | b"gats" => {
                 let mut t = Tokens::new(rest);
-                let request = match t.next() {
+                let request = match t.next().map(parse_exptime) {
                     None => reject(ErrorReply::UnknownCommand),
-                    Some(exp) => match parse_exptime(exp) {
-                        Some(exptime) => self.get(t.rest(), name == b"gats", Some(exptime)),
-                        None if t.rest().iter().all(|&b| b == b' ') => {
-                            reject(ErrorReply::UnknownCommand)
-                        }
-                        None => reject(ErrorReply::InvalidExptime),
-                    },
+                    Some(None) => reject(ErrorReply::InvalidExptime),
+                    Some(Some(exptime)) => self.get(t.rest(), name == b"gats", Some(exptime)),
                 };
                 Ok(Some((request, line_len)))
             }
@@ -122,7 +119,8 @@ impl TextDecoder {
             }
             count += 1;
         }
-        if count == 0 {
+        // memcached answers a keyless `gat <exptime>` with an empty result.
+        if count == 0 && touch.is_none() {
             return reject(ErrorReply::UnknownCommand);
         }
         let mut request = text_request(Command::Get {
@@ -278,22 +276,24 @@ impl TextDecoder {
                 )
             }
             (b"flush_all", 0..=2) => {
-                let delay_arg = match (args.len(), noreply) {
-                    (0, _) | (1, true) => None,
-                    (1, false) | (2, true) => Some(args[0]),
-                    _ => return reject(ErrorReply::UnknownCommand),
-                };
-                let delay = match delay_arg.map(parse_exptime) {
-                    None => 0,
-                    Some(Some(delay)) => delay,
-                    Some(None) => return quiet_reject(ErrorReply::BadCommandLine, noreply),
+                let delay = if args.len() == usize::from(noreply) {
+                    0
+                } else {
+                    match parse_exptime(args[0]) {
+                        Some(delay) => delay,
+                        None => return quiet_reject(ErrorReply::InvalidExptime, noreply),
+                    }
                 };
                 with(Command::FlushAll { delay }, noreply)
             }
-            (b"version", 0) => with(Command::Version, false),
-            (b"verbosity", 1..=2) => {
-                let level = parse_u32(args[0]).unwrap_or(0);
-                with(Command::Verbosity { level }, noreply)
+            (b"version", _) => with(Command::Version, false),
+            (b"verbosity", 1..=2) => match parse_u32(args[0]) {
+                Some(level) => with(Command::Verbosity { level }, noreply),
+                None if noreply => with(Command::Verbosity { level: 0 }, true),
+                None => reject(ErrorReply::BadCommandLine),
+            },
+            (b"stats", _) if StatsGroup::parse(rest).is_none() => {
+                reject(ErrorReply::UnknownCommand)
             }
             (b"stats", _) => with(
                 Command::Stats {
@@ -301,7 +301,7 @@ impl TextDecoder {
                 },
                 false,
             ),
-            (b"quit", 0) => with(Command::Quit, false),
+            (b"quit", _) => with(Command::Quit, false),
             _ => reject(ErrorReply::UnknownCommand),
         }
     }

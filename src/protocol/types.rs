@@ -131,6 +131,44 @@ impl Command<'_> {
     }
 }
 
+/// The `stats` groups memcached 1.6 answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsGroup {
+    General,
+    Settings,
+    Items,
+    Slabs,
+    Sizes,
+    Conns,
+    /// Answered `RESET` ([`Reply::Reset`]).
+    Reset,
+    /// `detail on|off`, answered `OK`.
+    Detail(bool),
+    /// `detail dump`, answered with an empty list.
+    DetailDump,
+}
+
+impl StatsGroup {
+    /// None for a group memcached answers `ERROR` to.
+    pub fn parse(sub: &[u8]) -> Option<StatsGroup> {
+        let mut words = sub.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let group = match (words.next(), words.next()) {
+            (None, _) => StatsGroup::General,
+            (Some(b"settings"), None) => StatsGroup::Settings,
+            (Some(b"items"), None) => StatsGroup::Items,
+            (Some(b"slabs"), None) => StatsGroup::Slabs,
+            (Some(b"sizes"), None) => StatsGroup::Sizes,
+            (Some(b"conns"), None) => StatsGroup::Conns,
+            (Some(b"reset"), None) => StatsGroup::Reset,
+            (Some(b"detail"), Some(b"on")) => StatsGroup::Detail(true),
+            (Some(b"detail"), Some(b"off")) => StatsGroup::Detail(false),
+            (Some(b"detail"), Some(b"dump")) => StatsGroup::DetailDump,
+            _ => return None,
+        };
+        words.next().is_none().then_some(group)
+    }
+}
+
 /// One parsed request: the command and how to answer it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request<'a> {
@@ -261,6 +299,8 @@ pub enum Reply<'a> {
     Stat(&'a str, &'a str),
     /// Binary Noop, meta `mn`.
     Noop,
+    /// `stats reset` done.
+    Reset,
     /// Binary Quit (text quit has no reply).
     Quit,
     Error(ErrorReply),
@@ -285,6 +325,12 @@ pub enum ErrorReply {
     NonNumeric,
     /// `CLIENT_ERROR invalid flag` (meta).
     InvalidFlag,
+    /// `CLIENT_ERROR invalid mode for ms M token` (meta).
+    InvalidMode,
+    /// `CLIENT_ERROR opaque token too long` (meta).
+    OpaqueTooLong,
+    /// `CLIENT_ERROR error decoding key` (meta `b` with bad base64).
+    KeyDecode,
     /// `SERVER_ERROR object too large for cache`; binary 0x0003.
     TooLarge,
     /// `SERVER_ERROR out of memory storing object`; binary 0x0082.
