@@ -39,7 +39,7 @@ pub use request_writer::{write_binary_request, write_text_request};
 pub use text::{TextDecoder, MAX_LINE_WITHOUT_NEWLINE};
 pub use types::{
     Command, Dialect, ErrorReply, Exptime, KeyList, MetaFlags, Opaque, Reply, ReplyContext,
-    Request, StoreMode, Value,
+    Request, StatsGroup, StoreMode, Value,
 };
 
 use std::fmt;
