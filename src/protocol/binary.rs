@@ -353,10 +353,16 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
                 cas: header.cas,
             }
         }
-        TOUCH => Command::Touch {
-            key: owned_key,
-            exptime: i64::from(be_u32(extras, 0)),
-        },
+        // memcached answers a binary touch like a GAT without the value (flags in the extras), so
+        // it is decoded as one; the encoder drops the value for this opcode.
+        TOUCH => {
+            let touch = Some(i64::from(be_u32(extras, 0)));
+            Command::Get {
+                keys: KeyList::One(owned_key),
+                with_cas: true,
+                touch,
+            }
+        }
         FLUSH => Command::FlushAll {
             delay: i64::from(be_u32(extras, 0)),
         },

@@ -166,7 +166,7 @@ pub fn write_binary_request(request: &Request<'_>, out: &mut Vec<u8>) -> bool {
                 touch: Some(exp),
                 ..
             },
-            opcode::GAT | opcode::GATK,
+            opcode::GAT | opcode::GATK | opcode::TOUCH,
         ) if keys.len() == 1 => {
             let key = keys.iter().next().unwrap_or_default();
             frame(out, op, opaque, 0, &u32be(*exp), key, &[]);
