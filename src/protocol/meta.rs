@@ -230,7 +230,7 @@ fn ms<'a>(
     }
     if matches!(flags.mode, Some(m) if !b"SEAPR".contains(&m)) {
         return Ok(Some((
-            meta_request(Command::Reject(ErrorReply::InvalidFlag), flags),
+            meta_request(Command::Reject(ErrorReply::InvalidMode), flags),
             total,
         )));
     }
