@@ -15,7 +15,7 @@ fn sextet(c: u8) -> Option<u32> {
 
 /// Decodes padded base64; `None` on any malformed input.
 pub fn decode(text: &[u8]) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 4 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(text.len() / 4 * 3);

@@ -377,9 +377,8 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
     }
 }
 
-/// Appends a response header.
-fn write_header(
-    out: &mut Vec<u8>,
+/// The variable fields of a response header.
+struct ResponseHead {
     op: u8,
     key_len: usize,
     extras_len: usize,
@@ -387,16 +386,20 @@ fn write_header(
     body_len: usize,
     opaque: u32,
     cas: u64,
-) {
+}
+
+/// Appends a response header. Lengths were bounded by the limits (key <= 250, extras <= 4, body
+/// <= item size), so the narrowing casts cannot truncate.
+fn write_header(out: &mut Vec<u8>, head: ResponseHead) {
     out.push(RESPONSE_MAGIC);
-    out.push(op);
-    out.extend_from_slice(&(key_len as u16).to_be_bytes());
-    out.push(extras_len as u8);
+    out.push(head.op);
+    out.extend_from_slice(&(head.key_len as u16).to_be_bytes());
+    out.push(head.extras_len as u8);
     out.push(0);
-    out.extend_from_slice(&status.to_be_bytes());
-    out.extend_from_slice(&(body_len as u32).to_be_bytes());
-    out.extend_from_slice(&opaque.to_be_bytes());
-    out.extend_from_slice(&cas.to_be_bytes());
+    out.extend_from_slice(&head.status.to_be_bytes());
+    out.extend_from_slice(&(head.body_len as u32).to_be_bytes());
+    out.extend_from_slice(&head.opaque.to_be_bytes());
+    out.extend_from_slice(&head.cas.to_be_bytes());
 }
 
 fn status_message(status: u16) -> &'static [u8] {
@@ -416,12 +419,34 @@ fn status_message(status: u16) -> &'static [u8] {
 /// An error response with memcached's message as the body.
 pub(crate) fn write_error(out: &mut Vec<u8>, op: u8, opaque: u32, status: u16) {
     let message = status_message(status);
-    write_header(out, op, 0, 0, status, message.len(), opaque, 0);
+    write_header(
+        out,
+        ResponseHead {
+            op,
+            key_len: 0,
+            extras_len: 0,
+            status,
+            body_len: message.len(),
+            opaque,
+            cas: 0,
+        },
+    );
     out.extend_from_slice(message);
 }
 
 fn write_status(out: &mut Vec<u8>, ctx: &ReplyContext, status: u16, cas: u64) {
-    write_header(out, ctx.opcode, 0, 0, status, 0, ctx.opaque, cas);
+    write_header(
+        out,
+        ResponseHead {
+            op: ctx.opcode,
+            key_len: 0,
+            extras_len: 0,
+            status,
+            body_len: 0,
+            opaque: ctx.opaque,
+            cas,
+        },
+    );
 }
 
 fn error_status(error: ErrorReply) -> u16 {
@@ -446,13 +471,15 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
             let body = 4 + key.len() + data.len();
             write_header(
                 out,
-                ctx.opcode,
-                key.len(),
-                4,
-                0,
-                body,
-                ctx.opaque,
-                value.cas,
+                ResponseHead {
+                    op: ctx.opcode,
+                    key_len: key.len(),
+                    extras_len: 4,
+                    status: 0,
+                    body_len: body,
+                    opaque: ctx.opaque,
+                    cas: value.cas,
+                },
             );
             out.extend_from_slice(&value.flags.to_be_bytes());
             out.extend_from_slice(key);
@@ -465,13 +492,15 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
             if ctx.echo_key {
                 write_header(
                     out,
-                    ctx.opcode,
-                    key.len(),
-                    0,
-                    status::KEY_ENOENT,
-                    key.len(),
-                    ctx.opaque,
-                    0,
+                    ResponseHead {
+                        op: ctx.opcode,
+                        key_len: key.len(),
+                        extras_len: 0,
+                        status: status::KEY_ENOENT,
+                        body_len: key.len(),
+                        opaque: ctx.opaque,
+                        cas: 0,
+                    },
                 );
                 out.extend_from_slice(key);
             } else {
@@ -505,20 +534,33 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
         }
         Reply::Number(number, cas) => {
             if !ctx.quiet {
-                write_header(out, ctx.opcode, 0, 0, status::SUCCESS, 8, ctx.opaque, cas);
+                write_header(
+                    out,
+                    ResponseHead {
+                        op: ctx.opcode,
+                        key_len: 0,
+                        extras_len: 0,
+                        status: status::SUCCESS,
+                        body_len: 8,
+                        opaque: ctx.opaque,
+                        cas,
+                    },
+                );
                 out.extend_from_slice(&number.to_be_bytes());
             }
         }
         Reply::Version(version) => {
             write_header(
                 out,
-                ctx.opcode,
-                0,
-                0,
-                status::SUCCESS,
-                version.len(),
-                ctx.opaque,
-                0,
+                ResponseHead {
+                    op: ctx.opcode,
+                    key_len: 0,
+                    extras_len: 0,
+                    status: status::SUCCESS,
+                    body_len: version.len(),
+                    opaque: ctx.opaque,
+                    cas: 0,
+                },
             );
             out.extend_from_slice(version.as_bytes());
         }
@@ -526,13 +568,15 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
             let body = name.len() + value.len();
             write_header(
                 out,
-                ctx.opcode,
-                name.len(),
-                0,
-                status::SUCCESS,
-                body,
-                ctx.opaque,
-                0,
+                ResponseHead {
+                    op: ctx.opcode,
+                    key_len: name.len(),
+                    extras_len: 0,
+                    status: status::SUCCESS,
+                    body_len: body,
+                    opaque: ctx.opaque,
+                    cas: 0,
+                },
             );
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(value.as_bytes());
