@@ -395,3 +395,45 @@ fn large_values_keep_their_length() {
         response(opcode::GET, b"", &0u32.to_be_bytes(), 0, &data, 9)
     );
 }
+
+#[test]
+fn async_binary_replies_in_any_order_match_by_opaque() {
+    // "cloudy": the gateway keeps each request's context and answers as results complete.
+    let mut stream = Vec::new();
+    for (i, key) in [b"a", b"b", b"c"].iter().enumerate() {
+        let mut frame = request(opcode::GETK, *key, &[], &[], 0);
+        frame[12..16].copy_from_slice(&(i as u32 + 1).to_be_bytes());
+        stream.extend_from_slice(&frame);
+    }
+    let mut decoder = BinaryDecoder::new(Limits::default());
+    let mut contexts = Vec::new();
+    let mut at = 0;
+    while let Some((request, used)) = decoder.decode(&stream[at..]).unwrap() {
+        at += used;
+        let key = request.command.clone();
+        contexts.push((key, request.ctx));
+    }
+    assert_eq!(contexts.len(), 3);
+    let mut out = Vec::new();
+    for index in [2, 0, 1] {
+        let (command, ctx) = &contexts[index];
+        let Command::Get { keys, .. } = command else {
+            panic!("not a get: {command:?}")
+        };
+        let key = keys.iter().next().unwrap();
+        let value = Value {
+            key,
+            flags: 0,
+            cas: 1,
+            data: key,
+            ttl: -1,
+        };
+        encode(&Reply::Value(value), ctx, &mut out);
+    }
+    let mut seen = Vec::new();
+    for reply in out.chunks(24 + 4 + 2) {
+        let opaque = u32::from_be_bytes(reply[12..16].try_into().unwrap());
+        seen.push((opaque, reply[28], reply[29]));
+    }
+    assert_eq!(seen, [(3, b'c', b'c'), (1, b'a', b'a'), (2, b'b', b'b')]);
+}

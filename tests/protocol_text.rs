@@ -317,7 +317,11 @@ fn partial_requests_consume_nothing() {
         "set k 0 0 5\r\nabc",
         "set k 0 0 5\r\nabcde\r",
     ] {
-        assert_eq!(decoder.decode(partial.as_bytes()), Ok(None), "{partial:?}");
+        assert_eq!(
+            TextDecoder::new(Limits::default()).decode(partial.as_bytes()),
+            Ok(None),
+            "{partial:?}"
+        );
     }
     let (request, used) = decoder
         .decode(b"set k 1 2 5 noreply\r\nabcde\r\nget")
@@ -338,6 +342,21 @@ fn partial_requests_consume_nothing() {
                 (StoreMode::Set, &b"k"[..], 1, 2, &b"abcde"[..])
             );
         }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_long_line_arriving_in_small_reads_parses_once_complete() {
+    let line = format!("get {}\r\n", "key ".repeat(700));
+    let mut decoder = TextDecoder::new(Limits::default());
+    for end in (0..line.len()).step_by(100) {
+        assert_eq!(decoder.decode(&line.as_bytes()[..end]), Ok(None));
+    }
+    let (request, used) = decoder.decode(line.as_bytes()).unwrap().unwrap();
+    assert_eq!(used, line.len());
+    match request.command {
+        Command::Get { keys, .. } => assert_eq!(keys.len(), 700),
         other => panic!("unexpected {other:?}"),
     }
 }

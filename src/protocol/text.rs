@@ -24,11 +24,18 @@ const MAX_TOKENS: usize = 23;
 pub struct TextDecoder {
     limits: Limits,
     swallow: usize,
+    /// Bytes of the pending line already searched for a newline, so a long line arriving in small
+    /// reads is scanned once, not once per read (the caller re-offers the same unconsumed bytes).
+    scanned: usize,
 }
 
 impl TextDecoder {
     pub fn new(limits: Limits) -> TextDecoder {
-        TextDecoder { limits, swallow: 0 }
+        TextDecoder {
+            limits,
+            swallow: 0,
+            scanned: 0,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -49,9 +56,16 @@ impl TextDecoder {
             self.swallow -= n;
             return Ok(Some((text_request(Command::Skip), n)));
         }
-        let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
+        let from = self.scanned.min(buf.len());
+        let Some(newline) = buf[from..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| i + from)
+        else {
+            self.scanned = buf.len();
             return self.check_partial_line(buf).map(|()| None);
         };
+        self.scanned = 0;
         if newline > self.limits.max_get_line {
             return Err(ProtocolError::LineTooLong);
         }
