@@ -169,3 +169,24 @@ fn keys_of_one_server_spread_evenly_over_its_cores() {
         );
     }
 }
+
+/// Lookup cost on a 60-server ring (61,440 vnodes). Timing-dependent, so only under KUMO_HEAVY=1.
+#[test]
+#[ignore]
+fn lookups_on_a_large_ring_are_fast() {
+    if std::env::var_os("KUMO_HEAVY").is_none() {
+        return;
+    }
+    let ring = Ring::new(&servers(60, 4)).unwrap();
+    let n = 2_000_000u64;
+    let start = std::time::Instant::now();
+    let mut sink = 0usize;
+    for i in 0..n {
+        let h = kumofs::ring::key_hash(&i.to_le_bytes());
+        sink += ring.assign(h).len();
+    }
+    let per_lookup = start.elapsed().as_nanos() as f64 / n as f64;
+    eprintln!("assign on 60 servers: {per_lookup:.0} ns per lookup");
+    assert_eq!(sink, 3 * n as usize);
+    assert!(per_lookup < 2000.0, "{per_lookup} ns per lookup");
+}

@@ -97,6 +97,12 @@ impl RoutingTable {
     pub fn coordinator(&self, hash: u64) -> Option<SocketAddr> {
         self.ring.coordinator(hash)
     }
+
+    /// Whether `node` is one of the servers assigned `hash`, fault or not (a replica checks this before
+    /// it applies a replicated write, like kumofs).
+    pub fn is_assigned(&self, hash: u64, node: &SocketAddr) -> bool {
+        self.ring.assigned(hash).contains(node)
+    }
 }
 
 /// The pair of tables a process routes with: writes follow `write` (kumofs's whs), reads follow `read`
@@ -119,6 +125,16 @@ impl Routing {
     /// True while a rebalance is in progress (the write table is ahead of the read table).
     pub fn is_rebalancing(&self) -> bool {
         self.write.version != self.read.version || self.write.nodes() != self.read.nodes()
+    }
+
+    /// Where a write of `hash` goes: the coordinator under the write table.
+    pub fn write_coordinator(&self, hash: u64) -> Option<SocketAddr> {
+        self.write.coordinator(hash)
+    }
+
+    /// Where a read of `hash` goes: the coordinator under the read table.
+    pub fn read_coordinator(&self, hash: u64) -> Option<SocketAddr> {
+        self.read.coordinator(hash)
     }
 }
 
@@ -172,5 +188,15 @@ mod tests {
         assert_eq!(routing.read.state_of(&nodes()[1].0), Some(NodeState::Fault));
         assert_eq!(routing.read.state_of(&nodes()[2].0), None);
         assert_eq!(RoutingTable::empty().coordinator(5), None);
+        // A key owned by the new server is written there but still read from the old owners.
+        let moved = (0..10_000u64)
+            .map(|i| crate::ring::key_hash(&i.to_le_bytes()))
+            .find(|&h| routing.write.coordinator(h) == Some(nodes()[2].0))
+            .unwrap();
+        assert_eq!(routing.write_coordinator(moved), Some(nodes()[2].0));
+        assert_eq!(routing.read_coordinator(moved), Some(nodes()[0].0));
+        assert!(routing.write.is_assigned(moved, &nodes()[2].0));
+        assert!(!routing.read.is_assigned(moved, &nodes()[2].0));
+        assert!(routing.read.is_assigned(moved, &nodes()[1].0));
     }
 }
