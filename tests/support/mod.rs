@@ -120,3 +120,149 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], done: impl Fn(&[u8]) -> bo
     }
     reply
 }
+
+/// A local cluster of real processes: one manager, `servers` servers, optionally a gateway.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub manager_addr: SocketAddr,
+    pub manager: Daemon,
+    pub servers: Vec<Daemon>,
+    pub server_addrs: Vec<SocketAddr>,
+    pub gateway: Option<Daemon>,
+    /// Gateway ports: text, binary, async binary.
+    pub text_addr: Option<SocketAddr>,
+    pub binary_addr: Option<SocketAddr>,
+    pub cloudy_addr: Option<SocketAddr>,
+    /// Extra arguments for every server (for example `--cpus 0`).
+    pub server_args: Vec<String>,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Cluster {
+    /// Starts a manager and waits until it answers.
+    pub fn start_manager() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager_addr = addr(free_port());
+        let manager = Daemon::spawn(
+            "manager",
+            &bin("kumo-manager"),
+            &["-v".into(), "-l".into(), manager_addr.to_string(), "-Ys".into(), "0.5".into()],
+            dir.path(),
+        );
+        wait_for_port(manager_addr);
+        Cluster {
+            dir,
+            manager_addr,
+            manager,
+            servers: Vec::new(),
+            server_addrs: Vec::new(),
+            gateway: None,
+            text_addr: None,
+            binary_addr: None,
+            cloudy_addr: None,
+            server_args: Vec::new(),
+        }
+    }
+
+    /// Starts one more server (not attached) and waits until the manager lists it.
+    pub fn add_server(&mut self) -> SocketAddr {
+        let n = self.servers.len() + 1;
+        let server_addr = addr(free_port());
+        let stream_port = free_port();
+        let store = self.dir.path().join(format!("server{n}"));
+        let mut args: Vec<String> = vec![
+            "-v".into(),
+            "-l".into(),
+            server_addr.to_string(),
+            "-L".into(),
+            stream_port.to_string(),
+            "-m".into(),
+            self.manager_addr.to_string(),
+            "-s".into(),
+            store.display().to_string(),
+        ];
+        args.extend(self.server_args.iter().cloned());
+        let daemon = Daemon::spawn(&format!("server{n}"), &bin("kumo-server"), &args, self.dir.path());
+        wait_for_port(server_addr);
+        self.servers.push(daemon);
+        self.server_addrs.push(server_addr);
+        let manager = self.manager_addr;
+        wait_until(&format!("manager to see {server_addr}"), READY_TIMEOUT, || {
+            kumoctl(manager, &["status"]).contains(&format!("  {server_addr}"))
+        });
+        server_addr
+    }
+
+    /// `kumoctl MANAGER attach`, then waits until every server is listed active.
+    pub fn attach(&self) {
+        let out = kumoctl(self.manager_addr, &["attach"]);
+        assert!(!out.contains("error"), "attach: {out}");
+        let manager = self.manager_addr;
+        let expect: Vec<String> = self.server_addrs.iter().map(|a| format!("  {a}  (active)")).collect();
+        wait_until("servers to be attached", READY_TIMEOUT, || {
+            let status = kumoctl(manager, &["status"]);
+            expect.iter().all(|line| status.contains(line.as_str()))
+        });
+    }
+
+    /// Starts the gateway with text, binary and async-binary ports and waits for all three.
+    pub fn start_gateway(&mut self, extra: &[&str]) {
+        let (t, b, c) = (addr(free_port()), addr(free_port()), addr(free_port()));
+        let mut args: Vec<String> = vec![
+            "-v".into(),
+            "-m".into(),
+            self.manager_addr.to_string(),
+            "-t".into(),
+            t.to_string(),
+            "-b".into(),
+            b.to_string(),
+            "-c".into(),
+            c.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let daemon = Daemon::spawn("gateway", &bin("kumo-gateway"), &args, self.dir.path());
+        for a in [t, b, c] {
+            wait_for_port(a);
+        }
+        self.gateway = Some(daemon);
+        self.text_addr = Some(t);
+        self.binary_addr = Some(b);
+        self.cloudy_addr = Some(c);
+    }
+
+    /// A manager, `n` attached servers and a gateway: ready for clients.
+    pub fn with_servers(n: usize) -> Cluster {
+        let mut cluster = Cluster::start_manager();
+        for _ in 0..n {
+            cluster.add_server();
+        }
+        cluster.attach();
+        cluster.start_gateway(&[]);
+        cluster
+    }
+
+    /// The daemons' logs, for a failing assertion's message.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- manager\n{}", self.manager.log_text());
+        for s in &self.servers {
+            out.push_str(&format!("--- {}\n{}", s.name, s.log_text()));
+        }
+        if let Some(g) = &self.gateway {
+            out.push_str(&format!("--- gateway\n{}", g.log_text()));
+        }
+        out
+    }
+}
+
+/// Runs `kumoctl MANAGER ARGS...` and returns stdout and stderr together.
+pub fn kumoctl(manager: SocketAddr, args: &[&str]) -> String {
+    let mut all = vec![manager.to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = run_tool("kumoctl", &all);
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
