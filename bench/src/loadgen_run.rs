@@ -86,8 +86,9 @@ impl Totals {
             Protocol::Binary => "binary",
         };
         let mut s = format!(
-            "{} {proto}, {} connections x pipeline {}, set:get {}:{}, {} keys, {}-byte values, {:.1} s\n",
+            "{}:{} {proto}, {} connections x pipeline {}, set:get {}:{}, {} keys, {}-byte values, {:.1} s\n",
             opts.server,
+            opts.port,
             opts.clients,
             opts.pipeline,
             opts.set_ratio,
