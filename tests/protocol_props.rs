@@ -357,3 +357,32 @@ fn split_decode(mut decoder: Decoder, stream: &[u8], split: usize) -> Vec<String
         rest = &[];
     }
 }
+
+#[test]
+fn meta_stream_split_anywhere_decodes_the_same() {
+    let stream: &[u8] = b"mg foo v f c k Oab\r\nms foo 5 T10 F3 MA c\r\nhello\r\nmd foo q\r\n\
+        ma cnt N30 J7 D2 MD v\r\nmg Zm9v b k\r\nmn\r\nms big 9\r\nxxxxxxxxx\r\nmg bar Z\r\n";
+    let (whole, failed) = decode_all(Decoder::text(Limits::default()), stream);
+    assert!(!failed);
+    assert_eq!(whole.len(), 8);
+    for split in 0..stream.len() {
+        assert_eq!(
+            split_decode(Decoder::text(Limits::default()), stream, split),
+            whole,
+            "split {split}"
+        );
+    }
+    // With a small item limit the `ms big` value is swallowed in pieces; the requests stay the same.
+    let limits = Limits {
+        max_item: 4,
+        ..Limits::default()
+    };
+    let (small, _) = decode_all(Decoder::text(limits), stream);
+    for split in 0..stream.len() {
+        assert_eq!(
+            split_decode(Decoder::text(limits), stream, split),
+            small,
+            "split {split}"
+        );
+    }
+}
