@@ -39,7 +39,7 @@
 //!
 //! Keys with control characters are refused (`CLIENT_ERROR bad command line format`). A get line is
 //! bounded by [`Limits::max_get_line`]. Meta: `k` with `b` echoes the key base64 encoded (as later
-//! memcached does); status lines (`HD`, `NF`...) echo `O` and `c` but not `k`; `me` and the flags
+//! memcached does); status lines echo `k` only through [`encode_keyed`]; `me` and the flags
 //! that need item metadata we do not keep (`h l N R E I x`) are refused with a clear error. Binary
 //! append/prepend with a CAS are refused with 0x0004.
 
@@ -52,7 +52,7 @@ mod text;
 mod types;
 
 pub use binary::{opcode, status, BinaryDecoder, HEADER_LEN};
-pub use encode::encode;
+pub use encode::{encode, encode_keyed};
 pub use request_writer::{write_binary_request, write_text_request};
 pub use text::{TextDecoder, MAX_LINE_WITHOUT_NEWLINE};
 pub use types::{
