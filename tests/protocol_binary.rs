@@ -353,6 +353,29 @@ fn too_large_values_are_swallowed() {
     ));
     let (request, used) = decoder.decode(&frame[40..]).unwrap().unwrap();
     assert_eq!((request.command, used), (Command::Skip, frame.len() - 40));
+    // Split inside the extras or the key: wait for the key, then answer (no arithmetic underflow).
+    for split in 0..33 {
+        let mut decoder = BinaryDecoder::new(Limits {
+            max_item: 10,
+            ..Limits::default()
+        });
+        assert_eq!(decoder.decode(&frame[..split]), Ok(None), "split {split}");
+    }
+    let unknown = request_with_body(0x42, b"key", 5000);
+    let mut decoder = BinaryDecoder::new(Limits::default());
+    assert_eq!(decoder.decode(&unknown[..26]), Ok(None));
+    let (request, used) = decoder.decode(&unknown[..100]).unwrap().unwrap();
+    assert_eq!(
+        (request.command, used),
+        (
+            Command::Reject(kumofs::protocol::ErrorReply::UnknownCommand),
+            100
+        )
+    );
+}
+
+fn request_with_body(op: u8, key: &[u8], value_len: usize) -> Vec<u8> {
+    request(op, key, &[], &vec![0u8; value_len], 0)
 }
 
 #[test]

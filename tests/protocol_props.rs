@@ -233,6 +233,37 @@ proptest! {
     }
 
     #[test]
+    fn binary_like_noise_never_panics(
+        frames in proptest::collection::vec(
+            (
+                proptest::sample::select(&[0u8, 1, 2, 3, 4, 5, 7, 8, 9, 0xa, 0xb, 0xc, 0xe, 0x10, 0x11,
+                    0x17, 0x1b, 0x1c, 0x1d, 0x20, 0x23, 0x42][..]),
+                0u16..300,
+                prop_oneof![Just(0u8), Just(4), Just(8), Just(20), any::<u8>()],
+                prop_oneof![0u32..600, any::<u32>()],
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ),
+            1..6,
+        ),
+        cut in 0usize..2000,
+    ) {
+        let mut input = Vec::new();
+        for (op, key_len, extras_len, body_len, body) in frames {
+            input.extend_from_slice(&[0x80, op]);
+            input.extend_from_slice(&key_len.to_be_bytes());
+            input.extend_from_slice(&[extras_len, 0, 0, 0]);
+            input.extend_from_slice(&body_len.to_be_bytes());
+            input.extend_from_slice(&[0; 12]);
+            input.extend_from_slice(&body);
+        }
+        input.truncate(cut.max(1));
+        decode_all(Decoder::binary(small_limits()), &input);
+        for split in 0..input.len() {
+            split_decode_lenient(Decoder::binary(small_limits()), &input, split);
+        }
+    }
+
+    #[test]
     fn text_like_noise_never_panics(
         words in proptest::collection::vec(proptest::sample::select(NOISE), 0..60)
     ) {
@@ -355,5 +386,54 @@ fn split_decode(mut decoder: Decoder, stream: &[u8], split: usize) -> Vec<String
         }
         buffer.extend_from_slice(rest);
         rest = &[];
+    }
+}
+
+#[test]
+fn meta_stream_split_anywhere_decodes_the_same() {
+    let stream: &[u8] = b"mg foo v f c k Oab\r\nms foo 5 T10 F3 MA c\r\nhello\r\nmd foo q\r\n\
+        ma cnt N30 J7 D2 MD v\r\nmg Zm9v b k\r\nmn\r\nms big 9\r\nxxxxxxxxx\r\nmg bar Z\r\n";
+    let (whole, failed) = decode_all(Decoder::text(Limits::default()), stream);
+    assert!(!failed);
+    assert_eq!(whole.len(), 8);
+    for split in 0..stream.len() {
+        assert_eq!(
+            split_decode(Decoder::text(Limits::default()), stream, split),
+            whole,
+            "split {split}"
+        );
+    }
+    // With a small item limit the `ms big` value is swallowed in pieces; the requests stay the same.
+    let limits = Limits {
+        max_item: 4,
+        ..Limits::default()
+    };
+    let (small, _) = decode_all(Decoder::text(limits), stream);
+    for split in 0..stream.len() {
+        assert_eq!(
+            split_decode(Decoder::text(limits), stream, split),
+            small,
+            "split {split}"
+        );
+    }
+}
+
+/// Like `split_decode`, but errors and leftovers are allowed (the input is noise).
+fn split_decode_lenient(mut decoder: Decoder, stream: &[u8], split: usize) {
+    let mut buffer = stream[..split].to_vec();
+    for more in [&stream[split..], &[][..]] {
+        let mut at = 0;
+        loop {
+            match decoder.decode(&buffer[at..]) {
+                Ok(Some((_, used))) => {
+                    assert!(used > 0);
+                    at += used;
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        buffer.drain(..at);
+        buffer.extend_from_slice(more);
     }
 }

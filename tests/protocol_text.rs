@@ -378,8 +378,13 @@ fn meta_commands() {
     );
     check(
         "ms foo 2\r\nhi\r\nmg Zm9v b k v\r\n",
-        "HD\r\nVA 2 b kZm9v\r\nhi\r\n",
+        "HD\r\nVA 2 kZm9v b\r\nhi\r\n",
     );
+    check("mg nokey Oab k v\r\n", "EN Oab knokey\r\n");
+    check("ms foo 2 Oab k c\r\nhi\r\n", "HD Oab kfoo c1\r\n");
+    check("ms Zm9v 2 b k\r\nhi\r\n", "HD kZm9v b\r\n");
+    check("ma nokey Oab k\r\n", "NF Oab knokey\r\n");
+    check("md foo C999 k\r\n", "NF kfoo\r\n");
     check("mg foo! k b\r\n", "CLIENT_ERROR error decoding key\r\n");
     check("mg foo Z\r\n", "CLIENT_ERROR invalid flag\r\n");
     check("md foo q\r\nmn\r\n", "MN\r\n");

@@ -201,23 +201,22 @@ impl BinaryDecoder {
         let base = base_opcode(header.opcode);
         let known = known_opcode(base);
         if !known || value_len > self.limits.max_item {
-            // Refuse without buffering: reply now, discard the body as it arrives.
+            // Refuse without buffering: once the (small, bounded) key is here, reply and discard
+            // the rest of the body as it arrives.
+            let key_end = HEADER_LEN + header.extras_len + header.key_len;
+            let Some(key) = buf.get(HEADER_LEN + header.extras_len..key_end) else {
+                return Ok(None);
+            };
             let here = total.min(buf.len());
             self.swallow = total - here;
-            let key_end = (HEADER_LEN + header.extras_len + header.key_len).min(here);
-            let key = buf
-                .get(HEADER_LEN + header.extras_len..key_end)
-                .unwrap_or(&[]);
-            let command = if !known {
-                Command::Reject(ErrorReply::UnknownCommand)
-            } else if key_end - HEADER_LEN - header.extras_len == header.key_len {
+            let command = if known {
                 let remove_old = base == opcode::SET;
                 Command::TooLarge {
                     key: Cow::Borrowed(key),
                     remove_old,
                 }
             } else {
-                Command::Reject(ErrorReply::TooLarge)
+                Command::Reject(ErrorReply::UnknownCommand)
             };
             return Ok(Some((Request { command, ctx }, here)));
         }

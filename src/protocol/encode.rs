@@ -9,9 +9,15 @@ use super::{binary, meta};
 /// Appends the encoding of `reply` to `out`. Quiet requests (text `noreply`, meta `q`, binary quiet
 /// opcodes) get nothing for success; misses of quiet gets get nothing.
 pub fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
+    encode_keyed(reply, ctx, &[], out);
+}
+
+/// Like [`encode`], with the request's key for the meta status lines (`HD`, `NF`, `NS`, `EX`)
+/// that echo it when the request asked for `k`. Other replies carry their key themselves.
+pub fn encode_keyed(reply: &Reply<'_>, ctx: &ReplyContext, key: &[u8], out: &mut Vec<u8>) {
     match ctx.dialect {
         Dialect::Text => encode_text(reply, ctx, out),
-        Dialect::Meta => meta::encode(reply, ctx, out),
+        Dialect::Meta => meta::encode(reply, ctx, key, out),
         Dialect::Binary => binary::encode(reply, ctx, out),
     }
 }

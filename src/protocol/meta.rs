@@ -53,10 +53,7 @@ fn parse_flags(tokens: &[&[u8]], allowed: &[u8]) -> Result<Flags, ErrorReply> {
         }
         let bad = ErrorReply::BadCommandLine;
         match letter {
-            b'b' => {
-                flags.meta.base64 = true;
-                flags.meta.push_return(b'b');
-            }
+            b'b' => flags.meta.base64 = true,
             b'c' | b'f' | b'k' | b's' | b't' => {
                 flags.meta.push_return(letter);
             }
@@ -251,7 +248,8 @@ fn ms<'a>(
     Ok(Some((meta_request(command, flags), total)))
 }
 
-/// Writes the return flags the request asked for, each preceded by a space.
+/// Writes the return flags the request asked for, each preceded by a space, in request order;
+/// a base64 key is followed by ` b`, as memcached does.
 fn write_returns(
     out: &mut Vec<u8>,
     meta: &MetaFlags,
@@ -261,10 +259,9 @@ fn write_returns(
     size: usize,
     ttl: i64,
 ) {
+    let mut key_echoed = false;
     for &flag in meta.returns() {
         match flag {
-            b'b' if !meta.returns().contains(&b'k') => continue,
-            b'b' => out.extend_from_slice(b" b"),
             b'c' => push_num(out, b" c", cas),
             b'f' => push_num(out, b" f", u64::from(flags)),
             b's' => push_num(out, b" s", size as u64),
@@ -272,13 +269,14 @@ fn write_returns(
                 out.extend_from_slice(b" t");
                 out.extend_from_slice(ttl.to_string().as_bytes());
             }
-            b'k' => {
+            b'k' if !key.is_empty() => {
                 out.extend_from_slice(b" k");
                 if meta.base64 {
                     base64::encode(key, out);
                 } else {
                     out.extend_from_slice(key);
                 }
+                key_echoed = true;
             }
             b'O' => {
                 out.extend_from_slice(b" O");
@@ -286,6 +284,9 @@ fn write_returns(
             }
             _ => {}
         }
+    }
+    if key_echoed && meta.base64 {
+        out.extend_from_slice(b" b");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -295,24 +296,24 @@ fn push_num(out: &mut Vec<u8>, prefix: &[u8], n: u64) {
     super::encode::push_u64(out, n);
 }
 
-/// A status line (`HD`, `NF`...) with the return flags that need no item.
-fn status(out: &mut Vec<u8>, code: &[u8], ctx: &ReplyContext, cas: u64) {
+/// A status line (`HD`, `NF`, `EN`...) with the return flags that need no item: the opaque, the
+/// key (when the gateway passed it) and the CAS when known.
+fn status(out: &mut Vec<u8>, code: &[u8], ctx: &ReplyContext, key: &[u8], cas: u64) {
     out.extend_from_slice(code);
-    let mut meta = ctx.meta;
-    meta.base64 = false;
-    // Only the opaque, and the CAS when known, can be echoed without an item.
     let mut limited = MetaFlags::default();
-    for &flag in meta.returns() {
-        if flag == b'O' || (flag == b'c' && cas != 0) {
+    limited.opaque = ctx.meta.opaque;
+    limited.base64 = ctx.meta.base64;
+    for &flag in ctx.meta.returns() {
+        if flag == b'O' || flag == b'k' || (flag == b'c' && cas != 0) {
             limited.push_return(flag);
         }
     }
-    limited.opaque = meta.opaque;
-    write_returns(out, &limited, &[], 0, cas, 0, -1);
+    write_returns(out, &limited, key, 0, cas, 0, -1);
 }
 
 /// Encodes one reply to a meta command.
-pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
+/// `key` is echoed on status lines when the request asked for `k` (empty: not echoed).
+pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, key: &[u8], out: &mut Vec<u8>) {
     let meta = &ctx.meta;
     match *reply {
         Reply::Value(value) => {
@@ -343,24 +344,26 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
                 );
             }
         }
-        Reply::Miss(_) if !ctx.quiet => status(out, b"EN", ctx, 0),
+        Reply::Miss(missed) if !ctx.quiet => status(out, b"EN", ctx, missed, 0),
         Reply::Number(number, cas) => {
             let text = number.to_string();
             if meta.value {
                 out.extend_from_slice(b"VA ");
                 super::encode::push_u64(out, text.len() as u64);
-                write_returns(out, meta, &[], 0, cas, text.len(), -1);
+                write_returns(out, meta, key, 0, cas, text.len(), -1);
                 out.extend_from_slice(text.as_bytes());
                 out.extend_from_slice(b"\r\n");
             } else if !ctx.quiet {
-                status(out, b"HD", ctx, cas);
+                status(out, b"HD", ctx, key, cas);
             }
         }
-        Reply::Stored(cas) if !ctx.quiet => status(out, b"HD", ctx, cas),
-        Reply::Deleted | Reply::Touched | Reply::Ok if !ctx.quiet => status(out, b"HD", ctx, 0),
-        Reply::NotFound if !ctx.quiet => status(out, b"NF", ctx, 0),
-        Reply::NotStored => status(out, b"NS", ctx, 0),
-        Reply::Exists => status(out, b"EX", ctx, 0),
+        Reply::Stored(cas) if !ctx.quiet => status(out, b"HD", ctx, key, cas),
+        Reply::Deleted | Reply::Touched | Reply::Ok if !ctx.quiet => {
+            status(out, b"HD", ctx, key, 0)
+        }
+        Reply::NotFound if !ctx.quiet => status(out, b"NF", ctx, key, 0),
+        Reply::NotStored => status(out, b"NS", ctx, key, 0),
+        Reply::Exists => status(out, b"EX", ctx, key, 0),
         Reply::Noop => out.extend_from_slice(b"MN\r\n"),
         Reply::Error(error) => super::encode::write_text_error(error, out),
         _ => {}

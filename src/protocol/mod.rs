@@ -24,6 +24,24 @@
 //! Behaviour on bad input follows memcached 1.6.18, not kumofs 0.4.13 (whose quirks we do not copy):
 //! errors are answered and the connection stays open, except for the few cases memcached closes
 //! ([`ProtocolError`]).
+//!
+//! # What the gateway must do for each command
+//!
+//! - `Get`: one [`Reply::Value`] or [`Reply::Miss`] per key in order, then [`Reply::End`]. Binary
+//!   Touch arrives as a `Get` with `touch` set (memcached answers it like GAT without the value).
+//! - `TooLarge { remove_old }`: answer `Reply::Error(ErrorReply::TooLarge)` and delete the key if
+//!   `remove_old`. `Skip`: nothing. `Reject(e)`: answer `Reply::Error(e)`.
+//! - `Stats { sub }`: classify with [`StatsGroup::parse`] (binary: unknown group -> `Reply::NotFound`).
+//! - `Quit`: encode `Reply::Quit` (binary answers it unless quiet), write, close.
+//! - On `Err(e)`: write `e.farewell()`, then close.
+//!
+//! # Deliberate differences from memcached 1.6.18
+//!
+//! Keys with control characters are refused (`CLIENT_ERROR bad command line format`). A get line is
+//! bounded by [`Limits::max_get_line`]. Meta: `k` with `b` echoes the key base64 encoded (as later
+//! memcached does); status lines echo `k` only through [`encode_keyed`]; `me` and the flags
+//! that need item metadata we do not keep (`h l N R E I x`) are refused with a clear error. Binary
+//! append/prepend with a CAS are refused with 0x0004.
 
 mod base64;
 mod binary;
@@ -34,7 +52,7 @@ mod text;
 mod types;
 
 pub use binary::{opcode, status, BinaryDecoder, HEADER_LEN};
-pub use encode::encode;
+pub use encode::{encode, encode_keyed};
 pub use request_writer::{write_binary_request, write_text_request};
 pub use text::{TextDecoder, MAX_LINE_WITHOUT_NEWLINE};
 pub use types::{

@@ -11,7 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kumofs::protocol::{
-    encode, Command, Decoder, ErrorReply, Limits, Reply, ReplyContext, StatsGroup, StoreMode, Value,
+    encode, encode_keyed, Command, Decoder, ErrorReply, Limits, Reply, ReplyContext, StatsGroup,
+    StoreMode, Value,
 };
 
 struct Item {
@@ -220,7 +221,15 @@ pub fn execute(
         Command::Skip => return true,
         Command::Reject(error) => Reply::Error(*error),
     };
-    encode(&reply, ctx, out);
+    let key: &[u8] = match command {
+        Command::Store { key, .. }
+        | Command::Delete { key, .. }
+        | Command::Arith { key, .. }
+        | Command::Touch { key, .. }
+        | Command::TooLarge { key, .. } => key,
+        _ => &[],
+    };
+    encode_keyed(&reply, ctx, key, out);
     true
 }
 
