@@ -8,7 +8,8 @@
 //!
 //! Everything here runs inside one shard (`Rc`, no locks); a process has one client per shard and
 //! peer. To bind a connection to the server core that owns its keys, the client sends a [`Hello`]
-//! naming the shard, and the server side uses [`read_hello`] and `runtime::HandedOffStream`.
+//! naming the shard; the accepting shard calls [`route_by_hello`] and either serves the connection
+//! or sends the [`Routed::Elsewhere`] stream over the runtime's mesh to the shard that owns it.
 
 pub mod blocking;
 pub mod frame;
@@ -21,7 +22,7 @@ mod sync;
 
 pub use client::{ClientConfig, RpcClient};
 pub use frame::{Hello, MAX_FRAME_LEN};
-pub use server::{read_hello, serve_connection};
+pub use server::{read_hello, route_by_hello, serve_connection, Routed};
 
 /// Why a call failed.
 #[derive(Clone, Debug, PartialEq, Eq)]

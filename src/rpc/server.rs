@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::frame::{FrameDecoder, FrameKind, Hello, LENGTH_PREFIX};
 use super::outbox::Outbox;
 use super::RpcError;
-use crate::runtime::{self, TcpStream};
+use crate::runtime::{self, HandedOffStream, TcpStream};
 
 const READ_CHUNK: usize = 64 << 10;
 
@@ -50,8 +50,40 @@ pub async fn read_hello(stream: &mut TcpStream) -> Result<(Option<Hello>, Vec<u8
     }
 }
 
+/// Where a newly accepted connection should be served, decided by its hello.
+pub enum Routed {
+    /// Serve it here: pass both to [`serve_connection`].
+    Here(TcpStream, Vec<u8>),
+    /// Send it to shard `.0` over the mesh; that shard calls `HandedOffStream::into_stream` and
+    /// serves it.
+    Elsewhere(usize, HandedOffStream),
+}
+
+/// Reads the optional hello of a new connection and decides which shard serves it: the shard the
+/// hello names if it exists, else this one.
+pub async fn route_by_hello(
+    mut stream: TcpStream,
+    this_shard: usize,
+    shard_count: usize,
+) -> Result<Routed, RpcError> {
+    let (hello, buffered) = read_hello(&mut stream).await?;
+    let target = hello
+        .and_then(|hello| hello.target_shard)
+        .map(|shard| shard as usize)
+        .filter(|&shard| shard < shard_count);
+    match target {
+        Some(shard) if shard != this_shard => {
+            let moving = HandedOffStream::new(stream, buffered)
+                .map_err(|e| RpcError::Transport(format!("handing the connection off: {e}")))?;
+            Ok(Routed::Elsewhere(shard, moving))
+        }
+        _ => Ok(Routed::Here(stream, buffered)),
+    }
+}
+
 /// Serves requests on `stream` until the peer closes it, then waits for in-flight requests and
-/// flushes their responses. `buffered` holds bytes already read from the stream (see [`read_hello`]).
+/// flushes their responses. To close the connection early (shutdown), drop this future: race it
+/// with `ShutdownSignal::wait`. `buffered` holds bytes already read from the stream (see [`read_hello`]).
 ///
 /// The handler's `Err(message)` is sent as an error frame (the caller gets [`RpcError::Remote`]).
 /// A request whose payload does not decode gets an error frame too; a broken frame stream ends the

@@ -22,6 +22,13 @@
 //! [`HandedOffStream::into_stream`] and serves it as if it had accepted it. After that one hop, every
 //! request on the connection lands on the core that owns its keys, with no cross-core traffic.
 //!
+//! # Tasks and shutdown
+//!
+//! When a shard's closure returns, its executor stops polling: detached tasks ([`spawn`]) are not
+//! run again and the sockets they hold are not closed. Tasks that own connections must therefore
+//! watch the [`ShutdownSignal`] themselves (race their work with `signal.wait()` and return), so
+//! that peers see the connection close.
+//!
 //! # Resource limits
 //!
 //! Each executor locks memory for its io_uring rings and registered buffers. [`RuntimeConfig`]
