@@ -1,0 +1,192 @@
+//! Incremental compaction and garbage collection.
+//!
+//! Compaction picks the closed segment with the most garbage (above
+//! [`super::Config::compact_garbage_ratio`]) and walks the index a bounded number of slots per
+//! [`Engine::compact_step`], copying every record that still lives in that segment to the active
+//! segment. Reads and writes go on between steps. The victim file is deleted only when its live
+//! byte count reaches zero and the copies are fsynced; if index changes between steps (a removal
+//! shifting slots backwards, or growth) let a record slip past the cursor, the walk starts over.
+//!
+//! Expired values and records hidden by a flush are dropped instead of copied.
+
+use std::fs;
+
+use super::engine::{read_slot, segment_path};
+use super::index::Slot;
+use super::record::{self, Header, Kind};
+use super::{Engine, StorageError};
+
+/// Progress of an in-flight compaction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cursor {
+    victim: u32,
+    next_slot: usize,
+}
+
+/// What one [`Engine::compact_step`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactProgress {
+    /// Index slots examined.
+    pub slots_examined: u64,
+    /// Records copied to the active segment.
+    pub records_moved: u64,
+    /// Bytes copied.
+    pub bytes_moved: u64,
+    /// Entries dropped (expired, flushed, or unreadable).
+    pub records_dropped: u64,
+    /// Segment files deleted.
+    pub segments_removed: u64,
+    /// True when there was nothing worth compacting.
+    pub idle: bool,
+}
+
+impl Engine {
+    fn pick_victim(&self) -> Option<u32> {
+        self.segments
+            .iter()
+            .filter(|(&id, seg)| id != self.active && seg.len > 0)
+            .map(|(&id, seg)| (id, seg.len.saturating_sub(seg.live) as f64 / seg.len as f64))
+            .filter(|&(_, ratio)| ratio >= self.cfg.compact_garbage_ratio)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(id, _)| id)
+    }
+
+    /// Does at most `budget` units of compaction work (one unit per slot examined, plus one per
+    /// KiB copied) and returns what it did.
+    pub fn compact_step(&mut self, budget: u64) -> Result<CompactProgress, StorageError> {
+        let mut progress = CompactProgress::default();
+        let cursor = match self.compaction {
+            Some(c) if self.segments.contains_key(&c.victim) => c,
+            _ => match self.pick_victim() {
+                Some(victim) => Cursor {
+                    victim,
+                    next_slot: 0,
+                },
+                None => {
+                    self.compaction = None;
+                    progress.idle = true;
+                    return Ok(progress);
+                }
+            },
+        };
+        let mut cursor = cursor;
+        let mut spent = 0u64;
+        let capacity = self.index.slots().len();
+        while spent < budget && cursor.next_slot < capacity {
+            let pos = cursor.next_slot;
+            cursor.next_slot += 1;
+            spent += 1;
+            progress.slots_examined += 1;
+            let slot = self.index.get(pos);
+            if slot.is_empty() || slot.segment() != cursor.victim {
+                continue;
+            }
+            let dropped_before = progress.records_dropped;
+            let moved = self.relocate(slot, &mut progress)?;
+            spent += moved / 1024;
+            if progress.records_dropped > dropped_before {
+                // The removal may have shifted a later slot into `pos`: look at it again.
+                cursor.next_slot = pos;
+            }
+        }
+        if cursor.next_slot >= capacity {
+            let live = self.segments.get(&cursor.victim).map_or(0, |s| s.live);
+            if live == 0 {
+                // The copies must be durable before the originals disappear.
+                self.sync()?;
+                if let Some(seg) = self.segments.remove(&cursor.victim) {
+                    drop(seg);
+                    fs::remove_file(segment_path(&self.cfg.dir, cursor.victim))?;
+                    fs::File::open(&self.cfg.dir)?.sync_all()?;
+                    progress.segments_removed += 1;
+                }
+                self.unsynced.retain(|&id| id != cursor.victim);
+                self.compaction = None;
+                return Ok(progress);
+            }
+            cursor.next_slot = 0;
+        }
+        self.compaction = Some(cursor);
+        Ok(progress)
+    }
+
+    /// Copies one record to the active segment (or drops it); returns bytes copied.
+    fn relocate(
+        &mut self,
+        slot: Slot,
+        progress: &mut CompactProgress,
+    ) -> Result<u64, StorageError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let outcome = self.relocate_in(slot, &mut buf, progress);
+        self.buf = buf;
+        outcome
+    }
+
+    fn relocate_in(
+        &mut self,
+        slot: Slot,
+        buf: &mut Vec<u8>,
+        progress: &mut CompactProgress,
+    ) -> Result<u64, StorageError> {
+        read_slot(&self.segments, slot, buf)?;
+        let keep = match record::decode(buf) {
+            Ok(rec) => {
+                let h = rec.header;
+                let expired = h.kind == Kind::Value && h.expiry != 0 && h.expiry <= self.now();
+                h.version >= self.flush_version && !expired
+            }
+            Err(_) => false,
+        };
+        if !keep {
+            self.remove_slot(slot);
+            progress.records_dropped += 1;
+            return Ok(0);
+        }
+        let new = self.append_raw(buf, slot.tag, slot.is_tombstone())?;
+        let pos = self
+            .index
+            .candidates(slot.tag)
+            .find(|&p| self.index.get(p) == slot);
+        if let Some(pos) = pos {
+            self.install(Some((pos, slot)), new);
+        }
+        progress.records_moved += 1;
+        progress.bytes_moved += buf.len() as u64;
+        Ok(buf.len() as u64)
+    }
+
+    /// Drops tombstones whose delete is at least `min_age_secs` old (by the deletion time stored
+    /// in the tombstone), plus expired values and flushed records; returns how many entries.
+    ///
+    /// After a tombstone is dropped, a replicated write of any version for that key is accepted
+    /// again, so `min_age_secs` must exceed the longest time a replica can miss a delete.
+    pub fn gc_tombstones(&mut self, min_age_secs: u32) -> Result<u64, StorageError> {
+        let now = self.now();
+        let mut doomed = Vec::new();
+        for pos in 0..self.index.slots().len() {
+            let slot = self.index.get(pos);
+            if slot.is_empty() {
+                continue;
+            }
+            read_slot(&self.segments, slot, &mut self.buf)?;
+            let Ok(h) = Header::decode(&self.buf) else {
+                continue;
+            };
+            let drop = if h.version < self.flush_version {
+                true
+            } else if h.kind == Kind::Tombstone {
+                now.saturating_sub(h.expiry) >= min_age_secs
+            } else {
+                h.expiry != 0 && h.expiry <= now
+            };
+            if drop {
+                doomed.push(slot);
+            }
+        }
+        let mut dropped = 0;
+        for slot in doomed {
+            dropped += u64::from(self.remove_slot(slot));
+        }
+        Ok(dropped)
+    }
+}
