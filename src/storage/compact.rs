@@ -7,7 +7,14 @@
 //! byte count reaches zero and the copies are fsynced; if index changes between steps (a removal
 //! shifting slots backwards, or growth) let a record slip past the cursor, the walk starts over.
 //!
-//! Expired values and records hidden by a flush are dropped instead of copied.
+//! Dropping an entry from the index (an aged tombstone, an expired value, a flushed record) is done
+//! only for records in the oldest segment. Why: a full scan (when the snapshot is lost) replays the
+//! log, and a dropped entry whose older record still sat in an earlier segment would come back to
+//! life. Nothing older than the oldest segment exists, and records later in the same segment win
+//! the replay, so these drops are safe. Elsewhere such entries are copied like live ones.
+//! [`Engine::gc_tombstones`] therefore works as a cleaner: each call drops what it can in the
+//! oldest segment and asks compaction to rewrite that segment next, so repeated calls sweep the log
+//! from old to new.
 
 use std::fs;
 
@@ -41,7 +48,15 @@ pub struct CompactProgress {
 }
 
 impl Engine {
-    fn pick_victim(&self) -> Option<u32> {
+    fn pick_victim(&mut self) -> Option<u32> {
+        if self.gc_requested {
+            self.gc_requested = false;
+            if let Some((&oldest, _)) = self.segments.iter().next() {
+                if oldest != self.active {
+                    return Some(oldest);
+                }
+            }
+        }
         self.segments
             .iter()
             .filter(|(&id, seg)| id != self.active && seg.len > 0)
@@ -129,12 +144,9 @@ impl Engine {
         progress: &mut CompactProgress,
     ) -> Result<u64, StorageError> {
         read_slot(&self.segments, slot, buf)?;
+        let oldest = self.segments.keys().next() == Some(&slot.segment());
         let keep = match record::decode(buf) {
-            Ok(rec) => {
-                let h = rec.header;
-                let expired = h.kind == Kind::Value && h.expiry != 0 && h.expiry <= self.now();
-                h.version >= self.flush_version && !expired
-            }
+            Ok(rec) => !(oldest && self.droppable(&rec.header, self.now())),
             Err(_) => false,
         };
         if !keep {
@@ -155,32 +167,43 @@ impl Engine {
         Ok(buf.len() as u64)
     }
 
-    /// Drops tombstones whose delete is at least `min_age_secs` old (by the deletion time stored
-    /// in the tombstone), plus expired values and flushed records; returns how many entries.
+    /// True when an entry may leave the index (if its record is in the oldest segment).
+    fn droppable(&self, h: &Header, now: u32) -> bool {
+        if h.version < self.flush_version {
+            return true;
+        }
+        match h.kind {
+            Kind::Value => h.expiry != 0 && h.expiry <= now,
+            Kind::Tombstone => self
+                .tombstone_min_age
+                .is_some_and(|age| now.saturating_sub(h.expiry) >= age),
+        }
+    }
+
+    /// Tombstone garbage collection with a minimum age: drops tombstones whose delete (the time
+    /// stored in the tombstone) is at least `min_age_secs` old, plus expired values and flushed
+    /// records, among the entries in the oldest segment; then asks compaction to rewrite that
+    /// segment next (it drops the same kinds of entries as it goes). Returns entries dropped now.
     ///
     /// After a tombstone is dropped, a replicated write of any version for that key is accepted
     /// again, so `min_age_secs` must exceed the longest time a replica can miss a delete.
     pub fn gc_tombstones(&mut self, min_age_secs: u32) -> Result<u64, StorageError> {
+        self.tombstone_min_age = Some(min_age_secs);
+        self.gc_requested = true;
         let now = self.now();
+        let Some(&oldest) = self.segments.keys().next() else {
+            return Ok(0);
+        };
         let mut doomed = Vec::new();
         for pos in 0..self.index.slots().len() {
             let slot = self.index.get(pos);
-            if slot.is_empty() {
+            if slot.is_empty() || slot.segment() != oldest {
                 continue;
             }
             read_slot(&self.segments, slot, &mut self.buf)?;
-            let Ok(h) = Header::decode(&self.buf) else {
-                continue;
-            };
-            let drop = if h.version < self.flush_version {
-                true
-            } else if h.kind == Kind::Tombstone {
-                now.saturating_sub(h.expiry) >= min_age_secs
-            } else {
-                h.expiry != 0 && h.expiry <= now
-            };
-            if drop {
-                doomed.push(slot);
+            match Header::decode(&self.buf) {
+                Ok(h) if self.droppable(&h, now) => doomed.push(slot),
+                _ => {}
             }
         }
         let mut dropped = 0;

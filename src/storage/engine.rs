@@ -54,6 +54,10 @@ pub struct Engine {
     /// Segment ids holding bytes not yet fsynced.
     pub(crate) unsynced: Vec<u32>,
     pub(crate) compaction: Option<super::compact::Cursor>,
+    /// Set by `gc_tombstones`: tombstones at least this old may be dropped.
+    pub(crate) tombstone_min_age: Option<u32>,
+    /// Compaction should take the oldest segment next.
+    pub(crate) gc_requested: bool,
     clock: Option<u32>,
     /// Scratch buffer for the record most recently read.
     pub(crate) buf: Vec<u8>,
@@ -95,6 +99,8 @@ impl Engine {
             counters: Stats::default(),
             unsynced: Vec::new(),
             compaction: None,
+            tombstone_min_age: None,
+            gc_requested: false,
             clock: None,
             buf: Vec::new(),
             wbuf: Vec::new(),
@@ -444,7 +450,8 @@ impl Engine {
     }
 
     /// Drops from the index every key `keep` rejects (keys this shard no longer owns); returns how
-    /// many. Nothing is written: the drop becomes durable with the next snapshot or compaction.
+    /// many. Nothing is written: the drop is durable once the next snapshot is written; a full
+    /// scan without a snapshot may bring such keys back (the caller simply drops them again).
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
         let mut doomed = Vec::new();
         for pos in 0..self.index.slots().len() {
