@@ -380,7 +380,7 @@ fn key_of(k: u8) -> Vec<u8> {
 
 fn val_of(v: u8) -> Vec<u8> {
     // Some values are numeric so incr/decr have something to work on.
-    if v % 3 == 0 {
+    if v.is_multiple_of(3) {
         (u64::from(v) * 1000).to_string().into_bytes()
     } else {
         vec![v; v as usize % 40]
@@ -388,7 +388,7 @@ fn val_of(v: u8) -> Vec<u8> {
 }
 
 fn exp_of(v: u8, now: u32) -> u32 {
-    if v % 4 == 0 {
+    if v.is_multiple_of(4) {
         now + u32::from(v % 7) + 1
     } else {
         0

@@ -30,6 +30,7 @@ pub struct ShardStore {
     synced_gen: Cell<u64>,
     syncing: Cell<bool>,
     waiters: RefCell<Vec<Waker>>,
+    fsyncs: Cell<u64>,
 }
 
 impl ShardStore {
@@ -42,12 +43,18 @@ impl ShardStore {
             synced_gen: Cell::new(0),
             syncing: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
+            fsyncs: Cell::new(0),
         })
     }
 
     /// The engine, for the synchronous operations.
     pub fn engine(&self) -> RefMut<'_, Engine> {
         self.engine.borrow_mut()
+    }
+
+    /// fsync rounds run so far (each may cover many writes).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.get()
     }
 
     /// Call after a write, before acknowledging it: waits for what the durability policy promises.
@@ -88,6 +95,7 @@ impl ShardStore {
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             self.syncing.set(false);
+            self.fsyncs.set(self.fsyncs.get() + 1);
             if result.is_ok() {
                 self.synced_gen.set(self.synced_gen.get().max(covered));
             }
