@@ -272,6 +272,45 @@ fn snapshot_restart_applies_the_tail() {
     assert_eq!(value(&mut e, b"key99"), Some(b"before".to_vec()));
 }
 
+#[test]
+fn snapshot_then_compaction_then_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    for round in 0..5u64 {
+        for k in 0..60u64 {
+            let v = format!("v{round}-{k}");
+            e.put(
+                format!("key{k}").as_bytes(),
+                v.as_bytes(),
+                0,
+                0,
+                round * 100 + k + 1,
+            )
+            .unwrap();
+        }
+    }
+    e.write_snapshot().unwrap();
+    let mut removed = 0;
+    for _ in 0..500 {
+        let p = e.compact_step(32).unwrap();
+        removed += p.segments_removed;
+        if p.idle {
+            break;
+        }
+    }
+    assert!(removed > 0);
+    drop(e);
+    let (mut e, report) = Engine::open(config(dir.path())).unwrap();
+    assert!(report.snapshot_loaded, "{report:?}");
+    assert_eq!(e.stats().items, 60);
+    for k in 0..60u64 {
+        assert_eq!(
+            value(&mut e, format!("key{k}").as_bytes()),
+            Some(format!("v4-{k}").into_bytes())
+        );
+    }
+}
+
 // ---- the model test ----
 
 #[derive(Clone, Debug)]

@@ -51,6 +51,8 @@ pub struct Engine {
     /// Records with a version below this read as missing (`flush_all`).
     pub(crate) flush_version: u64,
     pub(crate) counters: Stats,
+    /// Tombstones in the index (kept so `stats` is O(segments)).
+    pub(crate) tombstone_slots: u64,
     /// Segment ids holding bytes not yet fsynced.
     pub(crate) unsynced: Vec<u32>,
     pub(crate) compaction: Option<super::compact::Cursor>,
@@ -97,6 +99,7 @@ impl Engine {
             active: 0,
             flush_version: 0,
             counters: Stats::default(),
+            tombstone_slots: 0,
             unsynced: Vec::new(),
             compaction: None,
             tombstone_min_age: None,
@@ -146,8 +149,7 @@ impl Engine {
     /// Finds `key`'s index entry; on success `self.buf` holds its whole record (body unverified).
     pub(crate) fn find(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
         let tag = tag_of(key);
-        let candidates: Vec<usize> = self.index.candidates(tag).collect();
-        for pos in candidates {
+        for pos in self.index.candidates(tag) {
             let slot = self.index.get(pos);
             read_slot(&self.segments, slot, &mut self.buf)?;
             let header = Header::decode(&self.buf)?;
@@ -267,6 +269,7 @@ impl Engine {
         if let Some(seg) = self.segments.get_mut(&new.segment()) {
             seg.live += u64::from(new.len());
         }
+        self.tombstone_slots += u64::from(new.is_tombstone());
         match old {
             Some((pos, slot)) => {
                 self.unlive(slot);
@@ -278,6 +281,7 @@ impl Engine {
 
     /// Accounts a record the index no longer points to as garbage.
     pub(crate) fn unlive(&mut self, slot: Slot) {
+        self.tombstone_slots -= u64::from(slot.is_tombstone());
         if let Some(seg) = self.segments.get_mut(&slot.segment()) {
             seg.live = seg.live.saturating_sub(u64::from(slot.len()));
         }
@@ -504,19 +508,13 @@ impl Engine {
         !self.unsynced.is_empty()
     }
 
-    /// Current counters.
+    /// Current counters; O(number of segments).
     pub fn stats(&self) -> Stats {
         let mut s = self.counters;
-        s.items = 0;
-        s.tombstones = 0;
+        s.tombstones = self.tombstone_slots;
+        s.items = self.index.len() as u64 - self.tombstone_slots;
         s.bytes_live = 0;
-        for slot in self.index.slots().iter().filter(|s| !s.is_empty()) {
-            if slot.is_tombstone() {
-                s.tombstones += 1;
-            } else {
-                s.items += 1;
-            }
-        }
+        s.bytes_garbage = 0;
         for seg in self.segments.values() {
             s.bytes_live += seg.live;
             s.bytes_garbage += seg.len.saturating_sub(seg.live);

@@ -72,20 +72,37 @@ impl Index {
         }
     }
 
-    /// Rebuilds an index from raw slots (a snapshot); `None` if the capacity is not a power of two.
+    /// Adopts raw slots (a snapshot) as they are, after checking in one sequential pass that every
+    /// occupied slot is reachable from its home slot; `None` if the table is not a valid index.
     pub fn from_slots(slots: Vec<Slot>) -> Option<Index> {
-        if slots.len() < 16 || !slots.len().is_power_of_two() || slots.len() > 1 << 32 {
+        let capacity = slots.len();
+        if capacity < 16 || !capacity.is_power_of_two() || capacity > 1 << 32 {
             return None;
         }
         let len = slots.iter().filter(|s| !s.is_empty()).count();
-        // The snapshot's probe order is trusted only if reinserting is unnecessary: we simply
-        // reinsert, which is O(n) and keeps a damaged-but-CRC-valid order from breaking lookups.
-        let mut index = Index::with_capacity_pow2(slots.len());
-        if len as u64 * 100 > slots.len() as u64 * 85 {
+        if len * 100 > capacity * 85 {
             return None;
         }
-        for slot in slots.into_iter().filter(|s| !s.is_empty()) {
-            index.place(slot);
+        let index = Index {
+            slots,
+            shift: 32 - capacity.trailing_zeros(),
+            len,
+        };
+        let mask = index.mask();
+        // Walk once round the table starting just after an empty slot; a slot at `p` is reachable
+        // if no empty slot lies between its home and `p`, i.e. its home is within the current run.
+        let start = index.slots.iter().position(Slot::is_empty)?;
+        let mut last_empty = start;
+        for step in 1..=capacity {
+            let p = (start + step) & mask;
+            let slot = index.slots[p];
+            if slot.is_empty() {
+                last_empty = p;
+            } else if p.wrapping_sub(index.home(slot.tag)) & mask
+                >= p.wrapping_sub(last_empty) & mask
+            {
+                return None;
+            }
         }
         Some(index)
     }
@@ -239,6 +256,21 @@ mod tests {
         let rebuilt = Index::from_slots(index.slots().to_vec()).unwrap();
         for (&i, &tag) in &model {
             assert!(find(&rebuilt, tag, i).is_some());
+        }
+        // A slot moved before its home (unreachable by probing) is rejected.
+        let mut broken = index.slots().to_vec();
+        let cap = broken.len();
+        let (p, slot) = broken
+            .iter()
+            .enumerate()
+            .find(|(p, s)| !s.is_empty() && *p == index.home(s.tag))
+            .map(|(p, s)| (p, *s))
+            .unwrap();
+        broken[p] = Slot::default();
+        let before = (p + cap - 1) % cap;
+        if broken[before].is_empty() {
+            broken[before] = slot;
+            assert!(Index::from_slots(broken).is_none());
         }
     }
 

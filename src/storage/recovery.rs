@@ -6,6 +6,7 @@
 //! record forward, so log order is the order the writes were applied in. Nothing read from disk is
 //! trusted before its checksum matches, and every length is bounded before it is allocated.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -109,7 +110,7 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
             engine.index = index;
             report.snapshot_loaded = true;
             for (id, from) in scan_from.iter_mut() {
-                if let Some(&(_, len)) = seen.iter().find(|(sid, _)| sid == id) {
+                if let Some(&len) = seen.get(id) {
                     *from = len;
                 }
             }
@@ -123,18 +124,24 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
         scan_segment(&mut engine, id, from, Some(id) == last, &mut report)?;
     }
 
-    // Live bytes per segment follow from the index.
-    let slots: Vec<Slot> = engine
-        .index
-        .slots()
-        .iter()
-        .copied()
-        .filter(|s| !s.is_empty())
-        .collect();
-    for slot in slots {
-        if let Some(seg) = engine.segments.get_mut(&slot.segment()) {
-            seg.live += u64::from(slot.len());
+    // Live bytes per segment follow from the index (one sequential pass, dense per-id sums).
+    let min_id = engine.segments.keys().next().copied().unwrap_or(0);
+    let max_id = engine.segments.keys().next_back().copied().unwrap_or(0);
+    let mut live = vec![0u64; (max_id - min_id) as usize + 1];
+    let mut tombstones = 0u64;
+    for slot in engine.index.slots().iter().filter(|s| !s.is_empty()) {
+        tombstones += u64::from(slot.is_tombstone());
+        if let Some(sum) = slot
+            .segment()
+            .checked_sub(min_id)
+            .and_then(|i| live.get_mut(i as usize))
+        {
+            *sum += u64::from(slot.len());
         }
+    }
+    engine.tombstone_slots = tombstones;
+    for (id, seg) in engine.segments.iter_mut() {
+        seg.live = live[(id - min_id) as usize];
     }
     // Always append to a fresh segment: the old tail may end in bytes we chose to ignore.
     engine.active = last.unwrap_or(0);
@@ -143,8 +150,8 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
 }
 
 /// Loads and validates the snapshot. `Ok(None)`: no snapshot; `Err`: present but unusable.
-/// (segment id, length) pairs: how far the snapshot saw each segment.
-type SegmentLens = Vec<(u32, u64)>;
+/// Segment id to length: how far the snapshot saw each segment.
+type SegmentLens = BTreeMap<u32, u64>;
 
 fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLens)>, String> {
     let bytes = match fs::read(dir.join(SNAPSHOT)) {
@@ -175,15 +182,31 @@ fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLe
     if nseg > body.len() / 12 {
         return Err("segment count out of range".into());
     }
-    let mut seen = Vec::with_capacity(nseg);
+    let mut seen = BTreeMap::new();
     for _ in 0..nseg {
         let id = u32_of(take(&mut at, 4)?);
         let len = u64_of(take(&mut at, 8)?);
-        seen.push((id, len));
+        seen.insert(id, len);
     }
     let cap = u64_of(take(&mut at, 8)?) as usize;
     if cap.checked_mul(16) != Some(body.len() - at) {
         return Err("slot count does not match the file size".into());
+    }
+    // Per segment id (dense, offset by the smallest id): the length the snapshot saw, if the
+    // segment still exists (`Some(None)` when compaction has removed it since).
+    let (Some(&min_id), Some(&max_id)) = (seen.keys().next(), seen.keys().next_back()) else {
+        return Err("no segments".into());
+    };
+    if max_id - min_id > 1 << 20 {
+        return Err("segment ids out of range".into());
+    }
+    let mut known: Vec<Option<Option<u64>>> = vec![None; (max_id - min_id) as usize + 1];
+    for (&id, &len) in &seen {
+        known[(id - min_id) as usize] = Some(match engine.segments.get(&id) {
+            Some(seg) if seg.len >= len => Some(len),
+            Some(_) => return Err("a segment is shorter than the snapshot saw".into()),
+            None => None,
+        });
     }
     let mut slots = Vec::with_capacity(cap);
     for chunk in body[at..].chunks_exact(16) {
@@ -192,29 +215,44 @@ fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLe
             meta: u32_of(&chunk[4..8]),
             loc: u64_of(&chunk[8..16]),
         };
-        if !slot.is_empty() {
-            // A slot must point inside a segment the snapshot saw and that still exists;
-            // one whose segment was compacted away since is dropped (the copy is in the tail).
-            let Some(&(_, seen_len)) = seen.iter().find(|(id, _)| *id == slot.segment()) else {
-                return Err("slot points to an unknown segment".into());
-            };
-            if (slot.len() as usize) < HEADER_LEN
-                || u64::from(slot.offset()) + u64::from(slot.len()) > seen_len
-            {
-                return Err("slot points outside its segment".into());
-            }
-            match engine.segments.get(&slot.segment()) {
-                Some(seg) if seg.len >= seen_len => {}
-                Some(_) => return Err("a segment is shorter than the snapshot saw".into()),
-                None => {
-                    slots.push(Slot::default());
-                    continue;
+        if slot.is_empty() {
+            slots.push(slot);
+            continue;
+        }
+        let entry = slot
+            .segment()
+            .checked_sub(min_id)
+            .and_then(|i| known.get(i as usize).copied().flatten());
+        match entry {
+            None => return Err("slot points to an unknown segment".into()),
+            // The segment was compacted away after the snapshot: the copy is in the scanned
+            // tail. The slot becomes a removal marker below so probing stays valid.
+            Some(None) => slots.push(Slot {
+                meta: u32::MAX,
+                ..slot
+            }),
+            Some(Some(seen_len)) => {
+                if (slot.len() as usize) < HEADER_LEN
+                    || u64::from(slot.offset()) + u64::from(slot.len()) > seen_len
+                {
+                    return Err("slot points outside its segment".into());
                 }
+                slots.push(slot);
             }
         }
-        slots.push(slot);
     }
-    let index = Index::from_slots(slots).ok_or("bad slot table")?;
+    let mut index = Index::from_slots(slots).ok_or("bad slot table")?;
+    let stale: Vec<Slot> = index
+        .slots()
+        .iter()
+        .copied()
+        .filter(|s| s.meta == u32::MAX)
+        .collect();
+    for slot in stale {
+        if let Some(pos) = index.candidates(slot.tag).find(|&p| index.get(p) == slot) {
+            index.remove(pos);
+        }
+    }
     Ok(Some((index, seen)))
 }
 
