@@ -416,17 +416,31 @@ impl Engine {
         super::recovery::write_flush_version(&self.cfg.dir, self.flush_version)
     }
 
-    /// Visits every live record (and, if asked, every tombstone) with its version, in index order.
-    /// `visit` returns false to stop early.
+    /// Visits every live record (and, if asked, every tombstone) with its version.
+    /// `visit` returns false to stop early. Blocks the shard for the whole pass: streaming callers
+    /// use [`Engine::for_each_in`] chunk by chunk instead.
     pub fn for_each(
         &mut self,
+        include_tombstones: bool,
+        visit: impl FnMut(Entry<'_>) -> bool,
+    ) -> Result<(), StorageError> {
+        self.for_each_in(0..=u32::MAX, include_tombstones, visit)
+    }
+
+    /// Like [`Engine::for_each`], restricted to keys whose tag (upper 32 bits of the xxh3-64 key
+    /// hash, see [`super::index::tag_of`]) lies in `tags`. Splitting `0..=u32::MAX` into ranges
+    /// gives a resumable scan: every key present throughout is visited exactly once, whatever
+    /// writes, growth or compaction happen between chunks.
+    pub fn for_each_in(
+        &mut self,
+        tags: std::ops::RangeInclusive<u32>,
         include_tombstones: bool,
         mut visit: impl FnMut(Entry<'_>) -> bool,
     ) -> Result<(), StorageError> {
         let now = self.now();
-        for pos in 0..self.index.slots().len() {
+        for pos in self.index.positions_in(tags) {
             let slot = self.index.get(pos);
-            if slot.is_empty() || (slot.is_tombstone() && !include_tombstones) {
+            if slot.is_tombstone() && !include_tombstones {
                 continue;
             }
             read_slot(&self.segments, slot, &mut self.buf)?;

@@ -137,6 +137,36 @@ impl Index {
         }
     }
 
+    /// Positions of the occupied slots whose tag lies in `tags`. The tag space is a stable cursor
+    /// for chunked scans: a key's tag never changes, while its slot position moves on growth and
+    /// removals.
+    pub fn positions_in(&self, tags: std::ops::RangeInclusive<u32>) -> Vec<usize> {
+        let (lo, hi) = (*tags.start(), *tags.end());
+        let mut out = Vec::new();
+        if lo > hi {
+            return out;
+        }
+        let mask = self.mask();
+        let first = self.home(lo);
+        let last = self.home(hi);
+        // Slots holding these tags lie between home(lo) and the first empty slot after home(hi).
+        let span = (last + self.slots.len() - first) & mask;
+        for step in 0..self.slots.len() {
+            let p = (first + step) & mask;
+            let slot = self.slots[p];
+            if slot.is_empty() {
+                if step >= span {
+                    break;
+                }
+                continue;
+            }
+            if (lo..=hi).contains(&slot.tag) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
     pub fn get(&self, pos: usize) -> Slot {
         self.slots[pos]
     }
@@ -272,6 +302,27 @@ mod tests {
             broken[before] = slot;
             assert!(Index::from_slots(broken).is_none());
         }
+    }
+
+    #[test]
+    fn tag_ranges_cover_every_slot_once() {
+        let mut index = Index::default();
+        for i in 0..3000u32 {
+            index.insert(Slot::new(i.wrapping_mul(0x9E37_79B9), 40, false, 0, i));
+        }
+        let mut seen = Vec::new();
+        let chunk = 1u64 << 28;
+        let mut lo = 0u64;
+        while lo <= u64::from(u32::MAX) {
+            let hi = (lo + chunk - 1).min(u64::from(u32::MAX));
+            seen.extend(index.positions_in(lo as u32..=hi as u32));
+            lo = hi + 1;
+        }
+        seen.sort_unstable();
+        let occupied: Vec<usize> = (0..index.slots().len())
+            .filter(|&p| !index.get(p).is_empty())
+            .collect();
+        assert_eq!(seen, occupied);
     }
 
     #[test]
