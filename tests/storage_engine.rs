@@ -57,8 +57,17 @@ fn put_get_overwrite_and_limits() {
     ));
     e.put(b"b", &big[1..], 0, 0, 3).unwrap();
     assert_eq!(value(&mut e, b"b").map(|v| v.len()), Some(1 << 20));
+    // Records larger than one lookup read: overwrite and read-modify-write read them whole.
+    e.put(b"c", &vec![b'x'; 10_000], 0, 0, 4).unwrap();
+    assert_eq!(e.append(b"c", b"yz", 5).unwrap(), WriteOutcome::Stored);
+    let c = value(&mut e, b"c").unwrap();
+    assert_eq!((c.len(), &c[9_998..]), (10_002, &b"xxyz"[..]));
+    assert!(matches!(
+        e.append(b"b", b"!", 6),
+        Err(StorageError::ValueTooLarge(_))
+    ));
     let s = e.stats();
-    assert_eq!((s.items, s.sets, s.gets), (2, 3, 4));
+    assert_eq!((s.items, s.sets, s.gets), (3, 5, 5));
     assert!(s.bytes_garbage > 0 && s.bytes_live > 1 << 20);
 }
 

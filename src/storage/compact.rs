@@ -18,9 +18,9 @@
 
 use std::fs;
 
-use super::engine::{read_slot, segment_path};
+use super::engine::{read_slot, read_slot_prefix, segment_path};
 use super::index::Slot;
-use super::record::{self, Header, Kind};
+use super::record::{self, Header, Kind, HEADER_LEN};
 use super::{Engine, StorageError};
 
 /// Progress of an in-flight compaction.
@@ -200,7 +200,7 @@ impl Engine {
             if slot.is_empty() || slot.segment() != oldest {
                 continue;
             }
-            read_slot(&self.segments, slot, &mut self.buf)?;
+            read_slot_prefix(&self.segments, slot, HEADER_LEN, &mut self.buf)?;
             match Header::decode(&self.buf) {
                 Ok(h) if self.droppable(&h, now) => doomed.push(slot),
                 _ => {}

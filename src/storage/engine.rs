@@ -76,14 +76,28 @@ pub(crate) fn read_slot(
     slot: Slot,
     buf: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
+    read_slot_prefix(segments, slot, slot.len() as usize, buf)
+}
+
+/// Reads the first `max` bytes (at most the whole record) of the record `slot` points to.
+pub(crate) fn read_slot_prefix(
+    segments: &BTreeMap<u32, Segment>,
+    slot: Slot,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
     let seg = segments
         .get(&slot.segment())
         .ok_or(StorageError::Corrupt("index points to a missing segment"))?;
     buf.clear();
-    buf.resize(slot.len() as usize, 0);
+    buf.resize((slot.len() as usize).min(max), 0);
     seg.file.read_exact_at(buf, u64::from(slot.offset()))?;
     Ok(())
 }
+
+/// Bytes read when looking a key up: enough for the header, the key and a small value in one
+/// `pread`; bigger records are completed only when their value is needed.
+const LOOKUP_READ: usize = 4096;
 
 impl Engine {
     /// Opens (recovering if needed) the store in `cfg.dir`. See [`super::recovery`].
@@ -146,12 +160,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Finds `key`'s index entry; on success `self.buf` holds its whole record (body unverified).
+    /// Finds `key`'s index entry; on success `self.buf` holds the start of its record (at least
+    /// header and key, body unverified; `find_live` completes it).
     pub(crate) fn find(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
         let tag = tag_of(key);
+        let want = LOOKUP_READ.max(HEADER_LEN + key.len());
         for pos in self.index.candidates(tag) {
             let slot = self.index.get(pos);
-            read_slot(&self.segments, slot, &mut self.buf)?;
+            read_slot_prefix(&self.segments, slot, want, &mut self.buf)?;
             let header = Header::decode(&self.buf)?;
             let key_end = HEADER_LEN + header.key_len as usize;
             if self.buf.get(HEADER_LEN..key_end) == Some(key) {
@@ -168,10 +184,13 @@ impl Engine {
             && (header.expiry == 0 || header.expiry > self.now())
     }
 
-    /// Finds `key` and returns it only if live; `self.buf` then holds the verified record.
+    /// Finds `key` and returns it only if live; `self.buf` then holds the whole verified record.
     pub(crate) fn find_live(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
         match self.find(key)? {
             Some(found) if self.is_live(&found.header) => {
+                if self.buf.len() < found.slot.len() as usize {
+                    read_slot(&self.segments, found.slot, &mut self.buf)?;
+                }
                 record::decode(&self.buf)?;
                 Ok(Some(found))
             }
@@ -477,7 +496,8 @@ impl Engine {
             if slot.is_empty() {
                 continue;
             }
-            read_slot(&self.segments, slot, &mut self.buf)?;
+            let prefix = HEADER_LEN + self.cfg.max_key_len;
+            read_slot_prefix(&self.segments, slot, prefix, &mut self.buf)?;
             let Ok(h) = Header::decode(&self.buf) else {
                 continue;
             };
