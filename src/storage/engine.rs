@@ -300,7 +300,9 @@ impl Engine {
 
     /// Accounts a record the index no longer points to as garbage.
     pub(crate) fn unlive(&mut self, slot: Slot) {
-        self.tombstone_slots -= u64::from(slot.is_tombstone());
+        self.tombstone_slots = self
+            .tombstone_slots
+            .saturating_sub(u64::from(slot.is_tombstone()));
         if let Some(seg) = self.segments.get_mut(&slot.segment()) {
             seg.live = seg.live.saturating_sub(u64::from(slot.len()));
         }

@@ -36,6 +36,11 @@ pub use recovery::RecoveryReport;
 pub use shard::ShardStore;
 
 /// When appended records are forced to stable storage.
+///
+/// The [`Engine`] only records the policy: it never fsyncs on a write by itself (callers of a bare
+/// engine call [`Engine::sync`]). [`ShardStore`] applies it. The engine does fsync on its own in
+/// three rare places: creating a segment (the directory entry), writing the snapshot, and before
+/// deleting a compacted segment (so the copies are durable before the originals go).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// A write is acknowledged only after an fsync covering it (writes pending together share one).
