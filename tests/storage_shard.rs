@@ -70,6 +70,8 @@ fn group_commit_syncs_in_the_background() {
             assert!(store.engine().has_unsynced());
             glommio::timer::sleep(Duration::from_millis(200)).await;
             let pending = store.engine().has_unsynced();
+            store.engine().put(b"after", b"w", 0, 0, 2).unwrap();
+            store.write_snapshot().await.unwrap();
             drop(maintenance);
             pending
         })
@@ -77,4 +79,8 @@ fn group_commit_syncs_in_the_background() {
         .join()
         .unwrap();
     assert!(!unsynced_after, "the maintenance task should have synced");
+    let (mut engine, report) = Engine::open(Config::new(dir.path())).unwrap();
+    assert!(report.snapshot_loaded);
+    assert_eq!(report.records_scanned, 0);
+    assert_eq!(engine.get(b"after").unwrap().unwrap().value, b"w");
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 pub use compact::CompactProgress;
 pub use engine::{Engine, Entry};
 pub use ops::{IncrOutcome, WriteOutcome};
-pub use recovery::RecoveryReport;
+pub use recovery::{RecoveryReport, SnapshotImage};
 pub use shard::ShardStore;
 
 /// When appended records are forced to stable storage.
