@@ -95,10 +95,6 @@ pub(crate) fn read_slot_prefix(
     Ok(())
 }
 
-/// Bytes read when looking a key up: enough for the header, the key and a small value in one
-/// `pread`; bigger records are completed only when their value is needed.
-const LOOKUP_READ: usize = 4096;
-
 impl Engine {
     /// Opens (recovering if needed) the store in `cfg.dir`. See [`super::recovery`].
     pub fn open(cfg: Config) -> Result<(Engine, super::RecoveryReport), StorageError> {
@@ -160,11 +156,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Finds `key`'s index entry; on success `self.buf` holds the start of its record (at least
-    /// header and key, body unverified; `find_live` completes it).
+    /// Finds `key`'s index entry; on success `self.buf` holds the header and key of its record.
+    /// Reads only those bytes of each candidate: writes need no more.
     pub(crate) fn find(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
+        self.find_reading(key, HEADER_LEN + key.len())
+    }
+
+    /// Like `find`, reading up to `want` bytes of each candidate record (one `pread` each).
+    fn find_reading(&mut self, key: &[u8], want: usize) -> Result<Option<Found>, StorageError> {
         let tag = tag_of(key);
-        let want = LOOKUP_READ.max(HEADER_LEN + key.len());
         for pos in self.index.candidates(tag) {
             let slot = self.index.get(pos);
             read_slot_prefix(&self.segments, slot, want, &mut self.buf)?;
@@ -186,7 +186,8 @@ impl Engine {
 
     /// Finds `key` and returns it only if live; `self.buf` then holds the whole verified record.
     pub(crate) fn find_live(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
-        match self.find(key)? {
+        // Reads reach for the whole record at once: one pread on the hot path.
+        match self.find_reading(key, usize::MAX)? {
             Some(found) if self.is_live(&found.header) => {
                 if self.buf.len() < found.slot.len() as usize {
                     read_slot(&self.segments, found.slot, &mut self.buf)?;
