@@ -1,0 +1,572 @@
+//! The engine core: segment files, index lookups, the append path and the primitive operations.
+//!
+//! Everything here is synchronous and owned by one shard. Appends are `pwrite`s at the end of the
+//! active segment (page cache), reads are `pread`s of one whole record (page cache), fsync happens
+//! only in [`Engine::sync`] (or on the blocking pool through [`Engine::take_unsynced`]).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::index::{tag_of, Index, Slot};
+use super::ops::WriteOutcome;
+use super::record::{self, Header, Kind, HEADER_LEN};
+use super::{Config, Item, Stats, StorageError};
+
+/// One segment file and what the engine knows about it.
+pub(crate) struct Segment {
+    pub file: File,
+    /// Bytes written (the append position).
+    pub len: u64,
+    /// Bytes of records in this segment that the index points to.
+    pub live: u64,
+}
+
+/// A record visited by [`Engine::for_each`].
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub version: u64,
+    pub flags: u32,
+    pub expiry: u32,
+    pub tombstone: bool,
+}
+
+/// A key's current index entry, with its header read back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub pos: usize,
+    pub slot: Slot,
+    pub header: Header,
+}
+
+/// One shard's store. See the module docs of [`crate::storage`].
+pub struct Engine {
+    pub(crate) cfg: Config,
+    pub(crate) index: Index,
+    pub(crate) segments: BTreeMap<u32, Segment>,
+    pub(crate) active: u32,
+    /// Records with a version below this read as missing (`flush_all`).
+    pub(crate) flush_version: u64,
+    pub(crate) counters: Stats,
+    /// Tombstones in the index (kept so `stats` is O(segments)).
+    pub(crate) tombstone_slots: u64,
+    /// Segment ids holding bytes not yet fsynced.
+    pub(crate) unsynced: Vec<u32>,
+    pub(crate) compaction: Option<super::compact::Cursor>,
+    /// Set by `gc_tombstones`: tombstones at least this old may be dropped.
+    pub(crate) tombstone_min_age: Option<u32>,
+    /// Compaction should take the oldest segment next.
+    pub(crate) gc_requested: bool,
+    clock: Option<u32>,
+    /// Scratch buffer for the record most recently read.
+    pub(crate) buf: Vec<u8>,
+    wbuf: Vec<u8>,
+}
+
+pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("seg-{id:08}.log"))
+}
+
+/// Reads the whole record `slot` points to into `buf`.
+pub(crate) fn read_slot(
+    segments: &BTreeMap<u32, Segment>,
+    slot: Slot,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
+    read_slot_prefix(segments, slot, slot.len() as usize, buf)
+}
+
+/// Reads the first `max` bytes (at most the whole record) of the record `slot` points to.
+pub(crate) fn read_slot_prefix(
+    segments: &BTreeMap<u32, Segment>,
+    slot: Slot,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
+    let seg = segments
+        .get(&slot.segment())
+        .ok_or(StorageError::Corrupt("index points to a missing segment"))?;
+    buf.clear();
+    buf.resize((slot.len() as usize).min(max), 0);
+    seg.file.read_exact_at(buf, u64::from(slot.offset()))?;
+    Ok(())
+}
+
+impl Engine {
+    /// Opens (recovering if needed) the store in `cfg.dir`. See [`super::recovery`].
+    pub fn open(cfg: Config) -> Result<(Engine, super::RecoveryReport), StorageError> {
+        super::recovery::open(cfg)
+    }
+
+    pub(crate) fn empty(cfg: Config) -> Engine {
+        Engine {
+            cfg,
+            index: Index::default(),
+            segments: BTreeMap::new(),
+            active: 0,
+            flush_version: 0,
+            counters: Stats::default(),
+            tombstone_slots: 0,
+            unsynced: Vec::new(),
+            compaction: None,
+            tombstone_min_age: None,
+            gc_requested: false,
+            clock: None,
+            buf: Vec::new(),
+            wbuf: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Fixes the engine's notion of "now" (unix seconds) for tests; `None` = the system clock.
+    pub fn set_clock(&mut self, now: Option<u32>) {
+        self.clock = now;
+    }
+
+    /// Current time in unix seconds, from the clock seam.
+    pub fn now(&self) -> u32 {
+        self.clock.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(0)
+        })
+    }
+
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<(), StorageError> {
+        if key.is_empty() {
+            return Err(StorageError::EmptyKey);
+        }
+        if key.len() > self.cfg.max_key_len.min(u16::MAX as usize) {
+            return Err(StorageError::KeyTooLong(key.len()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, len: usize) -> Result<(), StorageError> {
+        if len > self.cfg.max_value_len {
+            return Err(StorageError::ValueTooLarge(len));
+        }
+        Ok(())
+    }
+
+    /// Finds `key`'s index entry; on success `self.buf` holds the header and key of its record.
+    /// Reads only those bytes of each candidate: writes need no more.
+    pub(crate) fn find(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
+        self.find_reading(key, HEADER_LEN + key.len())
+    }
+
+    /// Like `find`, reading up to `want` bytes of each candidate record (one `pread` each).
+    fn find_reading(&mut self, key: &[u8], want: usize) -> Result<Option<Found>, StorageError> {
+        let tag = tag_of(key);
+        for pos in self.index.candidates(tag) {
+            let slot = self.index.get(pos);
+            read_slot_prefix(&self.segments, slot, want, &mut self.buf)?;
+            let header = Header::decode(&self.buf)?;
+            let key_end = HEADER_LEN + header.key_len as usize;
+            if self.buf.get(HEADER_LEN..key_end) == Some(key) {
+                return Ok(Some(Found { pos, slot, header }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// True when a found record is a value that reads as present now.
+    pub(crate) fn is_live(&self, header: &Header) -> bool {
+        header.kind == Kind::Value
+            && header.version >= self.flush_version
+            && (header.expiry == 0 || header.expiry > self.now())
+    }
+
+    /// Finds `key` and returns it only if live; `self.buf` then holds the whole verified record.
+    pub(crate) fn find_live(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
+        // Reads reach for the whole record at once: one pread on the hot path.
+        match self.find_reading(key, usize::MAX)? {
+            Some(found) if self.is_live(&found.header) => {
+                if self.buf.len() < found.slot.len() as usize {
+                    read_slot(&self.segments, found.slot, &mut self.buf)?;
+                }
+                record::decode(&self.buf)?;
+                Ok(Some(found))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Value bytes of the record in `self.buf` (valid after `find`).
+    pub(crate) fn buf_value(&self, header: &Header) -> &[u8] {
+        let start = HEADER_LEN + header.key_len as usize;
+        &self.buf[start..header.record_len()]
+    }
+
+    /// Appends one encoded record to the active segment, rolling to a new segment when full.
+    pub(crate) fn append_raw(
+        &mut self,
+        bytes: &[u8],
+        tag: u32,
+        tomb: bool,
+    ) -> Result<Slot, StorageError> {
+        let len = u32::try_from(bytes.len()).map_err(|_| StorageError::Full)?;
+        let active_len = self.segments.get(&self.active).map_or(0, |s| s.len);
+        if active_len > 0 && active_len + bytes.len() as u64 > self.cfg.segment_size {
+            self.roll()?;
+        }
+        let seg = self
+            .segments
+            .get_mut(&self.active)
+            .ok_or(StorageError::Corrupt("no active segment"))?;
+        let offset = u32::try_from(seg.len).map_err(|_| StorageError::Full)?;
+        if u64::from(offset) + u64::from(len) > u64::from(u32::MAX) {
+            return Err(StorageError::Full);
+        }
+        seg.file.write_all_at(bytes, seg.len)?;
+        seg.len += u64::from(len);
+        if self.unsynced.last() != Some(&self.active) {
+            self.unsynced.push(self.active);
+        }
+        Ok(Slot::new(tag, len, tomb, self.active, offset))
+    }
+
+    /// Starts a new active segment.
+    pub(crate) fn roll(&mut self) -> Result<(), StorageError> {
+        let id = self.active.checked_add(1).ok_or(StorageError::Full)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(segment_path(&self.cfg.dir, id))?;
+        self.segments.insert(
+            id,
+            Segment {
+                file,
+                len: 0,
+                live: 0,
+            },
+        );
+        self.active = id;
+        // Make the new file's directory entry durable before anything in it is acknowledged.
+        File::open(&self.cfg.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Encodes and appends a record, then points the index at it (replacing `old` if given).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write(
+        &mut self,
+        old: Option<Found>,
+        kind: Kind,
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+        flags: u32,
+        expiry: u32,
+    ) -> Result<(), StorageError> {
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        wbuf.clear();
+        let encoded = record::encode(&mut wbuf, kind, key, value, version, flags, expiry);
+        let result =
+            encoded.and_then(|()| self.append_raw(&wbuf, tag_of(key), kind == Kind::Tombstone));
+        self.wbuf = wbuf;
+        let slot = result?;
+        self.install(old.map(|f| (f.pos, f.slot)), slot);
+        if kind == Kind::Tombstone {
+            self.counters.deletes += 1;
+        } else {
+            self.counters.sets += 1;
+        }
+        Ok(())
+    }
+
+    /// Points the index at `new`, accounting the replaced record (if any) as garbage.
+    pub(crate) fn install(&mut self, old: Option<(usize, Slot)>, new: Slot) {
+        if let Some(seg) = self.segments.get_mut(&new.segment()) {
+            seg.live += u64::from(new.len());
+        }
+        self.tombstone_slots += u64::from(new.is_tombstone());
+        match old {
+            Some((pos, slot)) => {
+                self.unlive(slot);
+                self.index.replace(pos, new);
+            }
+            None => self.index.insert(new),
+        }
+    }
+
+    /// Accounts a record the index no longer points to as garbage.
+    pub(crate) fn unlive(&mut self, slot: Slot) {
+        self.tombstone_slots = self
+            .tombstone_slots
+            .saturating_sub(u64::from(slot.is_tombstone()));
+        if let Some(seg) = self.segments.get_mut(&slot.segment()) {
+            seg.live = seg.live.saturating_sub(u64::from(slot.len()));
+        }
+    }
+
+    /// Removes the index entry currently holding exactly `slot` (found again by tag and location).
+    pub(crate) fn remove_slot(&mut self, slot: Slot) -> bool {
+        let pos = self
+            .index
+            .candidates(slot.tag)
+            .find(|&p| self.index.get(p) == slot);
+        match pos {
+            Some(pos) => {
+                self.index.remove(pos);
+                self.unlive(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live value of `key`; expired, deleted and flushed records read as missing.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Item>, StorageError> {
+        self.counters.gets += 1;
+        self.check_key(key)?;
+        let Some(found) = self.find_live(key)? else {
+            return Ok(None);
+        };
+        let h = found.header;
+        Ok(Some(Item {
+            value: self.buf_value(&h).to_vec(),
+            flags: h.flags,
+            version: h.version,
+            expiry: h.expiry,
+        }))
+    }
+
+    /// Stores unconditionally.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.check_key(key)?;
+        self.check_value(value.len())?;
+        let old = self.find(key)?;
+        self.write(old, Kind::Value, key, value, version, flags, expiry)
+    }
+
+    /// Stores only if no record (value or tombstone) with a version >= `version` is held.
+    /// Records hidden by [`Engine::flush`] do not count. Replication and rebalance use this.
+    pub fn put_if_newer(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        version: u64,
+    ) -> Result<WriteOutcome, StorageError> {
+        self.check_key(key)?;
+        self.check_value(value.len())?;
+        let old = self.find(key)?;
+        if let Some(f) = &old {
+            if f.header.version >= self.flush_version && f.header.version >= version {
+                return Ok(WriteOutcome::NotStored);
+            }
+        }
+        self.write(old, Kind::Value, key, value, version, flags, expiry)?;
+        Ok(WriteOutcome::Stored)
+    }
+
+    /// Compare-and-swap: stores only if the live record's version equals `expected`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_if_version(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        expected: u64,
+        version: u64,
+    ) -> Result<WriteOutcome, StorageError> {
+        self.check_key(key)?;
+        self.check_value(value.len())?;
+        let Some(found) = self.find_live(key)? else {
+            return Ok(WriteOutcome::NotFound);
+        };
+        if found.header.version != expected {
+            return Ok(WriteOutcome::Exists);
+        }
+        self.write(Some(found), Kind::Value, key, value, version, flags, expiry)?;
+        Ok(WriteOutcome::Stored)
+    }
+
+    /// Deletes a live key by writing a tombstone stamped `version` and the current time.
+    pub fn delete(&mut self, key: &[u8], version: u64) -> Result<WriteOutcome, StorageError> {
+        self.check_key(key)?;
+        let Some(found) = self.find_live(key)? else {
+            return Ok(WriteOutcome::NotFound);
+        };
+        let now = self.now();
+        self.write(Some(found), Kind::Tombstone, key, b"", version, 0, now)?;
+        Ok(WriteOutcome::Deleted)
+    }
+
+    /// Replicated delete: writes the tombstone (even for an absent key) unless a record with a
+    /// version >= `version` is held, so an older put can never resurrect the key.
+    pub fn delete_if_newer(
+        &mut self,
+        key: &[u8],
+        version: u64,
+    ) -> Result<WriteOutcome, StorageError> {
+        self.check_key(key)?;
+        let old = self.find(key)?;
+        if let Some(f) = &old {
+            if f.header.version >= self.flush_version && f.header.version >= version {
+                return Ok(WriteOutcome::NotStored);
+            }
+        }
+        let now = self.now();
+        self.write(old, Kind::Tombstone, key, b"", version, 0, now)?;
+        Ok(WriteOutcome::Deleted)
+    }
+
+    /// Makes every record with a version below `before_version` read as missing (`flush_all`).
+    /// Persisted at once; the space is reclaimed by compaction and GC later.
+    pub fn flush(&mut self, before_version: u64) -> Result<(), StorageError> {
+        self.flush_version = self.flush_version.max(before_version);
+        super::recovery::write_flush_version(&self.cfg.dir, self.flush_version)
+    }
+
+    /// Visits every live record (and, if asked, every tombstone) with its version.
+    /// `visit` returns false to stop early. Blocks the shard for the whole pass: streaming callers
+    /// use [`Engine::for_each_in`] chunk by chunk instead.
+    pub fn for_each(
+        &mut self,
+        include_tombstones: bool,
+        visit: impl FnMut(Entry<'_>) -> bool,
+    ) -> Result<(), StorageError> {
+        self.for_each_in(0..=u32::MAX, include_tombstones, visit)
+    }
+
+    /// Like [`Engine::for_each`], restricted to keys whose tag (upper 32 bits of the xxh3-64 key
+    /// hash, see [`super::index::tag_of`]) lies in `tags`. Splitting `0..=u32::MAX` into ranges
+    /// gives a resumable scan: every key present throughout is visited exactly once, whatever
+    /// writes, growth or compaction happen between chunks.
+    pub fn for_each_in(
+        &mut self,
+        tags: std::ops::RangeInclusive<u32>,
+        include_tombstones: bool,
+        mut visit: impl FnMut(Entry<'_>) -> bool,
+    ) -> Result<(), StorageError> {
+        let now = self.now();
+        for pos in self.index.positions_in(tags) {
+            let slot = self.index.get(pos);
+            if slot.is_tombstone() && !include_tombstones {
+                continue;
+            }
+            read_slot(&self.segments, slot, &mut self.buf)?;
+            let Ok(rec) = record::decode(&self.buf) else {
+                continue;
+            };
+            let h = rec.header;
+            let tombstone = h.kind == Kind::Tombstone;
+            if h.version < self.flush_version || (!tombstone && h.expiry != 0 && h.expiry <= now) {
+                continue;
+            }
+            let entry = Entry {
+                key: rec.key,
+                value: rec.value,
+                version: h.version,
+                flags: h.flags,
+                expiry: h.expiry,
+                tombstone,
+            };
+            if !visit(entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops from the index every key `keep` rejects (keys this shard no longer owns); returns how
+    /// many. Nothing is written: the drop is durable once the next snapshot is written; a full
+    /// scan without a snapshot may bring such keys back (the caller simply drops them again).
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
+        let mut doomed = Vec::new();
+        for pos in 0..self.index.slots().len() {
+            let slot = self.index.get(pos);
+            if slot.is_empty() {
+                continue;
+            }
+            let prefix = HEADER_LEN + self.cfg.max_key_len;
+            read_slot_prefix(&self.segments, slot, prefix, &mut self.buf)?;
+            let Ok(h) = Header::decode(&self.buf) else {
+                continue;
+            };
+            let key_end = HEADER_LEN + h.key_len as usize;
+            if let Some(key) = self.buf.get(HEADER_LEN..key_end) {
+                if !keep(key) {
+                    doomed.push(slot);
+                }
+            }
+        }
+        let mut dropped = 0;
+        for slot in doomed {
+            dropped += u64::from(self.remove_slot(slot));
+        }
+        Ok(dropped)
+    }
+
+    /// Forces every appended byte to stable storage.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        for id in std::mem::take(&mut self.unsynced) {
+            if let Some(seg) = self.segments.get(&id) {
+                seg.file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands out duplicated handles of the files with unsynced bytes (and forgets them), so the
+    /// caller can fsync them off the shard's thread. Writes made after this call are not covered.
+    pub fn take_unsynced(&mut self) -> Result<Vec<File>, StorageError> {
+        let mut files = Vec::new();
+        for id in std::mem::take(&mut self.unsynced) {
+            if let Some(seg) = self.segments.get(&id) {
+                files.push(seg.file.try_clone()?);
+            }
+        }
+        Ok(files)
+    }
+
+    /// True when some appended bytes are not yet covered by an fsync.
+    pub fn has_unsynced(&self) -> bool {
+        !self.unsynced.is_empty()
+    }
+
+    /// Current counters; O(number of segments).
+    pub fn stats(&self) -> Stats {
+        let mut s = self.counters;
+        s.tombstones = self.tombstone_slots;
+        s.items = self.index.len() as u64 - self.tombstone_slots;
+        s.bytes_live = 0;
+        s.bytes_garbage = 0;
+        for seg in self.segments.values() {
+            s.bytes_live += seg.live;
+            s.bytes_garbage += seg.len.saturating_sub(seg.live);
+        }
+        s.index_bytes = self.index.allocated_bytes() as u64;
+        s.segments = self.segments.len() as u64;
+        s
+    }
+
+    /// Number of keys (values and tombstones) in the index; O(1).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
