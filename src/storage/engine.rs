@@ -528,16 +528,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Hands out duplicated handles of the files with unsynced bytes (and forgets them), so the
-    /// caller can fsync them off the shard's thread. Writes made after this call are not covered.
-    pub fn take_unsynced(&mut self) -> Result<Vec<File>, StorageError> {
+    /// Hands out duplicated handles (with their segment ids) of the files with unsynced bytes and
+    /// forgets them, so the caller can fsync them off the shard's thread. Writes made after this
+    /// call are not covered. If that fsync fails, give the ids back with [`Engine::mark_unsynced`].
+    pub fn take_unsynced(&mut self) -> Result<Vec<(u32, File)>, StorageError> {
         let mut files = Vec::new();
         for id in std::mem::take(&mut self.unsynced) {
             if let Some(seg) = self.segments.get(&id) {
-                files.push(seg.file.try_clone()?);
+                files.push((id, seg.file.try_clone()?));
             }
         }
         Ok(files)
+    }
+
+    /// Records that segment `id` holds bytes not known to be durable.
+    pub fn mark_unsynced(&mut self, id: u32) {
+        if self.segments.contains_key(&id) && !self.unsynced.contains(&id) {
+            self.unsynced.push(id);
+        }
     }
 
     /// True when some appended bytes are not yet covered by an fsync.
