@@ -492,13 +492,20 @@ impl Engine {
     /// Drops from the index every key `keep` rejects (keys this shard no longer owns); returns how
     /// many. Nothing is written: the drop is durable once the next snapshot is written; a full
     /// scan without a snapshot may bring such keys back (the caller simply drops them again).
-    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
+    /// Blocks for a whole pass; [`Engine::retain_in`] does it chunk by chunk.
+    pub fn retain(&mut self, keep: impl FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
+        self.retain_in(0..=u32::MAX, keep)
+    }
+
+    /// [`Engine::retain`] restricted to keys whose tag lies in `tags` (see [`Engine::for_each_in`]).
+    pub fn retain_in(
+        &mut self,
+        tags: std::ops::RangeInclusive<u32>,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<u64, StorageError> {
         let mut doomed = Vec::new();
-        for pos in 0..self.index.slots().len() {
+        for pos in self.index.positions_in(tags) {
             let slot = self.index.get(pos);
-            if slot.is_empty() {
-                continue;
-            }
             let prefix = HEADER_LEN + self.cfg.max_key_len;
             read_slot_prefix(&self.segments, slot, prefix, &mut self.buf)?;
             let Ok(h) = Header::decode(&self.buf) else {
