@@ -168,7 +168,11 @@ impl Engine {
         for pos in self.index.candidates(tag) {
             let slot = self.index.get(pos);
             read_slot_prefix(&self.segments, slot, want, &mut self.buf)?;
-            let header = Header::decode(&self.buf)?;
+            // A candidate whose header fails its checksum is not this key (nor any key we can
+            // serve); skipping it keeps the key writable despite a damaged record.
+            let Ok(header) = Header::decode(&self.buf) else {
+                continue;
+            };
             let key_end = HEADER_LEN + header.key_len as usize;
             if self.buf.get(HEADER_LEN..key_end) == Some(key) {
                 return Ok(Some(Found { pos, slot, header }));
@@ -199,7 +203,7 @@ impl Engine {
         }
     }
 
-    /// Value bytes of the record in `self.buf` (valid after `find`).
+    /// Value bytes of the record in `self.buf` (valid after `find_live`, which verified it).
     pub(crate) fn buf_value(&self, header: &Header) -> &[u8] {
         let start = HEADER_LEN + header.key_len as usize;
         &self.buf[start..header.record_len()]
