@@ -354,4 +354,12 @@ fn chunked_scans_visit_each_key_once_despite_writes_between_chunks() {
     }
     assert!(!seen.contains_key(&b"key7"[..]));
     assert!(seen.values().all(|&n| n == 1));
+    // Chunked retain drops exactly the rejected keys.
+    let mut dropped = 0;
+    for c in 0..chunks {
+        let (lo, hi) = ((c * width) as u32, ((c + 1) * width - 1) as u32);
+        dropped += e.retain_in(lo..=hi, |k| !k.starts_with(b"new")).unwrap();
+    }
+    assert_eq!(dropped, chunks * 40);
+    assert_eq!(e.stats().items, 499);
 }

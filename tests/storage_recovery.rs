@@ -172,6 +172,24 @@ fn missing_or_damaged_snapshot_falls_back_to_a_scan() {
     assert_eq!(value(&mut e, "alpha"), Some(b"alphaalpha".to_vec()));
 }
 
+#[test]
+fn damage_under_a_running_engine_is_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _) = open(dir.path());
+    e.put(b"k", b"precious", 0, 0, 1).unwrap();
+    e.sync().unwrap();
+    // The open engine appends to segment 1 (a fresh store); flip the last value byte under it.
+    let path = seg1(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(e.get(b"k").is_err());
+    // The key stays writable.
+    e.put(b"k", b"fresh", 0, 0, 2).unwrap();
+    assert_eq!(value(&mut e, "k"), Some(b"fresh".to_vec()));
+}
+
 // ---- crash test ----
 
 const CHILD_ENV: &str = "KUMO_STORAGE_CRASH_DIR";

@@ -168,7 +168,11 @@ impl Engine {
         for pos in self.index.candidates(tag) {
             let slot = self.index.get(pos);
             read_slot_prefix(&self.segments, slot, want, &mut self.buf)?;
-            let header = Header::decode(&self.buf)?;
+            // A candidate whose header fails its checksum is not this key (nor any key we can
+            // serve); skipping it keeps the key writable despite a damaged record.
+            let Ok(header) = Header::decode(&self.buf) else {
+                continue;
+            };
             let key_end = HEADER_LEN + header.key_len as usize;
             if self.buf.get(HEADER_LEN..key_end) == Some(key) {
                 return Ok(Some(Found { pos, slot, header }));
@@ -199,7 +203,7 @@ impl Engine {
         }
     }
 
-    /// Value bytes of the record in `self.buf` (valid after `find`).
+    /// Value bytes of the record in `self.buf` (valid after `find_live`, which verified it).
     pub(crate) fn buf_value(&self, header: &Header) -> &[u8] {
         let start = HEADER_LEN + header.key_len as usize;
         &self.buf[start..header.record_len()]
@@ -492,13 +496,20 @@ impl Engine {
     /// Drops from the index every key `keep` rejects (keys this shard no longer owns); returns how
     /// many. Nothing is written: the drop is durable once the next snapshot is written; a full
     /// scan without a snapshot may bring such keys back (the caller simply drops them again).
-    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
+    /// Blocks for a whole pass; [`Engine::retain_in`] does it chunk by chunk.
+    pub fn retain(&mut self, keep: impl FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
+        self.retain_in(0..=u32::MAX, keep)
+    }
+
+    /// [`Engine::retain`] restricted to keys whose tag lies in `tags` (see [`Engine::for_each_in`]).
+    pub fn retain_in(
+        &mut self,
+        tags: std::ops::RangeInclusive<u32>,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<u64, StorageError> {
         let mut doomed = Vec::new();
-        for pos in 0..self.index.slots().len() {
+        for pos in self.index.positions_in(tags) {
             let slot = self.index.get(pos);
-            if slot.is_empty() {
-                continue;
-            }
             let prefix = HEADER_LEN + self.cfg.max_key_len;
             read_slot_prefix(&self.segments, slot, prefix, &mut self.buf)?;
             let Ok(h) = Header::decode(&self.buf) else {
@@ -528,16 +539,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Hands out duplicated handles of the files with unsynced bytes (and forgets them), so the
-    /// caller can fsync them off the shard's thread. Writes made after this call are not covered.
-    pub fn take_unsynced(&mut self) -> Result<Vec<File>, StorageError> {
+    /// Hands out duplicated handles (with their segment ids) of the files with unsynced bytes and
+    /// forgets them, so the caller can fsync them off the shard's thread. Writes made after this
+    /// call are not covered. If that fsync fails, give the ids back with [`Engine::mark_unsynced`].
+    pub fn take_unsynced(&mut self) -> Result<Vec<(u32, File)>, StorageError> {
         let mut files = Vec::new();
         for id in std::mem::take(&mut self.unsynced) {
             if let Some(seg) = self.segments.get(&id) {
-                files.push(seg.file.try_clone()?);
+                files.push((id, seg.file.try_clone()?));
             }
         }
         Ok(files)
+    }
+
+    /// Records that segment `id` holds bytes not known to be durable.
+    pub fn mark_unsynced(&mut self, id: u32) {
+        if self.segments.contains_key(&id) && !self.unsynced.contains(&id) {
+            self.unsynced.push(id);
+        }
     }
 
     /// True when some appended bytes are not yet covered by an fsync.

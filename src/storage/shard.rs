@@ -98,9 +98,16 @@ impl ShardStore {
             let files = self.engine.borrow_mut().take_unsynced();
             let result = match files {
                 Ok(files) => {
-                    glommio::executor()
-                        .spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
-                        .await
+                    let ids: Vec<u32> = files.iter().map(|(id, _)| *id).collect();
+                    let synced = glommio::executor()
+                        .spawn_blocking(move || files.iter().try_for_each(|(_, f)| f.sync_data()))
+                        .await;
+                    if synced.is_err() {
+                        // Not durable: keep them pending so the next fsync retries them.
+                        let mut engine = self.engine.borrow_mut();
+                        ids.into_iter().for_each(|id| engine.mark_unsynced(id));
+                    }
+                    synced
                 }
                 Err(StorageError::Io(e)) => Err(e),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
