@@ -166,7 +166,8 @@ impl Decoder {
     }
 
     /// Decodes the first request in `buf`: `Ok(None)` = need more bytes (nothing consumed), otherwise
-    /// the request and the number of bytes it used.
+    /// the request and the number of bytes it used. After `Ok(None)` call again with the same
+    /// unconsumed bytes followed by newly read ones (the decoder remembers how far it searched).
     pub fn decode<'a>(
         &mut self,
         buf: &'a [u8],
