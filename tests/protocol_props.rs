@@ -134,14 +134,16 @@ fn command(spec: &Spec) -> Command<'_> {
                 2 => StoreMode::Replace,
                 3 => StoreMode::Append,
                 4 => StoreMode::Prepend,
-                _ => StoreMode::Cas(*cas),
+                _ => StoreMode::Set,
             };
+            let cas = (*m == 5).then_some(*cas);
             Command::Store {
                 mode,
                 key: key(k),
                 flags: *flags,
                 exptime: *exptime,
                 value,
+                cas,
             }
         }
         Spec::Delete(k) => Command::Delete {
@@ -361,10 +363,12 @@ proptest! {
                         2 => (StoreMode::Replace, opcode::REPLACE),
                         3 => (StoreMode::Append, opcode::APPEND),
                         4 => (StoreMode::Prepend, opcode::PREPENDQ),
-                        _ => (StoreMode::Cas(cas.max(&1).to_owned()), opcode::SETQ),
+                        _ => (StoreMode::Set, opcode::SETQ),
                     };
                     let (flags, exptime) = if matches!(m, 3 | 4) { (0, 0) } else { (*flags, i64::from(*exptime as u32)) };
-                    (Command::Store { mode, key: Cow::Borrowed(&k[..]), flags, exptime, value }, op)
+                    // CAS with set, and with append (binary allows it); never with add.
+                    let cas = matches!(m, 3 | 5).then_some((*cas).max(1));
+                    (Command::Store { mode, key: Cow::Borrowed(&k[..]), flags, exptime, value, cas }, op)
                 }
                 Spec::Delete(k) => (Command::Delete { key: Cow::Borrowed(&k[..]), cas: 0 }, opcode::DELETE),
                 Spec::Arith(incr, k, delta) => {
