@@ -176,6 +176,31 @@ fn store_replies_and_errors() {
 }
 
 #[test]
+fn append_with_cas_compares_like_memcached() {
+    let out = replies(&[
+        set(opcode::SET, b"k", 0, b"a", 0),
+        request(opcode::APPEND, b"k", &[], b"b", 5),
+        request(opcode::APPEND, b"k", &[], b"c", 1),
+        request(opcode::GET, b"k", &[], &[], 0),
+    ]);
+    let expected = [
+        response(opcode::SET, b"", b"", 0, b"", 1),
+        response(
+            opcode::APPEND,
+            b"",
+            b"",
+            status::KEY_EEXISTS,
+            b"Data exists for key.",
+            0,
+        ),
+        response(opcode::APPEND, b"", b"", 0, b"", 3),
+        response(opcode::GET, b"", &0u32.to_be_bytes(), 0, b"ac", 3),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+}
+
+#[test]
 fn delete_incr_decr() {
     let out = replies(&[
         request(opcode::DELETE, b"k", &[], &[], 0),

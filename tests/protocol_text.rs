@@ -336,10 +336,11 @@ fn partial_requests_consume_nothing() {
             flags,
             exptime,
             value,
+            cas,
         } => {
             assert_eq!(
-                (mode, &*key, flags, exptime, value),
-                (StoreMode::Set, &b"k"[..], 1, 2, &b"abcde"[..])
+                (mode, &*key, flags, exptime, value, cas),
+                (StoreMode::Set, &b"k"[..], 1, 2, &b"abcde"[..], None)
             );
         }
         other => panic!("unexpected {other:?}"),

@@ -289,12 +289,15 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
     use opcode::*;
     let base = base_opcode(header.opcode);
     let owned_key = Cow::Borrowed(key);
+    let cas = (header.cas != 0).then_some(header.cas);
     let store = |mode: StoreMode| Command::Store {
         mode,
         key: Cow::Borrowed(key),
         flags: be_u32(extras, 0),
         exptime: i64::from(be_u32(extras, 4)),
         value,
+        // An add has nothing to compare with.
+        cas: if mode == StoreMode::Add { None } else { cas },
     };
     match base {
         GET | GETK => Command::Get {
@@ -310,33 +313,22 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
                 touch,
             }
         }
-        SET | REPLACE if header.cas != 0 => store(StoreMode::Cas(header.cas)),
         SET => store(StoreMode::Set),
         ADD => store(StoreMode::Add),
         REPLACE => store(StoreMode::Replace),
-        APPEND | PREPEND => {
-            let mode = if base == APPEND {
+        // No extras: flags and expiry stay as they are.
+        APPEND | PREPEND => Command::Store {
+            mode: if base == APPEND {
                 StoreMode::Append
             } else {
                 StoreMode::Prepend
-            };
-            let mode = if header.cas != 0 {
-                StoreMode::Cas(header.cas)
-            } else {
-                mode
-            };
-            match mode {
-                // memcached checks the CAS of append/prepend; we only support a plain one.
-                StoreMode::Cas(_) => Command::Reject(ErrorReply::BadCommandLine),
-                mode => Command::Store {
-                    mode,
-                    key: owned_key,
-                    flags: 0,
-                    exptime: 0,
-                    value,
-                },
-            }
-        }
+            },
+            key: owned_key,
+            flags: 0,
+            exptime: 0,
+            value,
+            cas,
+        },
         DELETE => Command::Delete {
             key: owned_key,
             cas: header.cas,

@@ -205,7 +205,6 @@ fn ms<'a>(
 ) -> Result<Option<(Request<'a>, usize)>, ProtocolError> {
     let total = line_len + data_len + 2;
     let mode = match flags.mode {
-        _ if flags.compare_cas != 0 => StoreMode::Cas(flags.compare_cas),
         None | Some(b'S') => StoreMode::Set,
         Some(b'E') => StoreMode::Add,
         Some(b'A') => StoreMode::Append,
@@ -244,6 +243,7 @@ fn ms<'a>(
         flags: flags.client_flags,
         exptime,
         value,
+        cas: (flags.compare_cas != 0).then_some(flags.compare_cas),
     };
     Ok(Some((meta_request(command, flags), total)))
 }

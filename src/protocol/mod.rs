@@ -40,8 +40,7 @@
 //! Keys with control characters are refused (`CLIENT_ERROR bad command line format`). A get line is
 //! bounded by [`Limits::max_get_line`]. Meta: `k` with `b` echoes the key base64 encoded (as later
 //! memcached does); status lines echo `k` only through [`encode_keyed`]; `me` and the flags
-//! that need item metadata we do not keep (`h l N R E I x`) are refused with a clear error. Binary
-//! append/prepend with a CAS are refused with 0x0004.
+//! that need item metadata we do not keep (`h l N R E I x`) are refused with a clear error.
 
 mod base64;
 mod binary;
@@ -166,7 +165,8 @@ impl Decoder {
     }
 
     /// Decodes the first request in `buf`: `Ok(None)` = need more bytes (nothing consumed), otherwise
-    /// the request and the number of bytes it used.
+    /// the request and the number of bytes it used. After `Ok(None)` call again with the same
+    /// unconsumed bytes followed by newly read ones (the decoder remembers how far it searched).
     pub fn decode<'a>(
         &mut self,
         buf: &'a [u8],

@@ -42,21 +42,24 @@ pub fn write_text_request(command: &Command<'_>, noreply: bool, out: &mut Vec<u8
             flags,
             exptime,
             value,
+            cas,
         } => {
-            let name: &[u8] = match mode {
-                StoreMode::Set => b"set",
-                StoreMode::Add => b"add",
-                StoreMode::Replace => b"replace",
-                StoreMode::Append => b"append",
-                StoreMode::Prepend => b"prepend",
-                StoreMode::Cas(_) => b"cas",
+            let name: &[u8] = match (mode, cas) {
+                (StoreMode::Set, None) => b"set",
+                (StoreMode::Add, None) => b"add",
+                (StoreMode::Replace, None) => b"replace",
+                (StoreMode::Append, None) => b"append",
+                (StoreMode::Prepend, None) => b"prepend",
+                (StoreMode::Set, Some(_)) => b"cas",
+                // Text has no compare-and-swap for the other modes.
+                (_, Some(_)) => return false,
             };
             word(out, name);
             word(out, key);
             word(out, flags.to_string().as_bytes());
             word(out, exptime.to_string().as_bytes());
             word(out, value.len().to_string().as_bytes());
-            if let StoreMode::Cas(cas) = mode {
+            if let Some(cas) = cas {
                 word(out, cas.to_string().as_bytes());
             }
             if noreply {
@@ -173,18 +176,16 @@ pub fn write_binary_request(request: &Request<'_>, out: &mut Vec<u8>) -> bool {
         }
         (
             Command::Store {
-                mode,
                 key,
                 flags,
                 exptime,
                 value,
+                cas,
+                ..
             },
             _,
         ) => {
-            let cas = match mode {
-                StoreMode::Cas(cas) => *cas,
-                _ => 0,
-            };
+            let cas = cas.unwrap_or(0);
             let mut extras = [0u8; 8];
             extras[..4].copy_from_slice(&flags.to_be_bytes());
             extras[4..].copy_from_slice(&u32be(*exptime));

@@ -181,10 +181,10 @@ impl TextDecoder {
                 line_len,
             )));
         }
-        let mode = match mode {
-            Some(mode) => mode,
+        let (mode, cas) = match mode {
+            Some(mode) => (mode, None),
             None => match parse_u64(args[4]) {
-                Some(cas) => StoreMode::Cas(cas),
+                Some(cas) => (StoreMode::Set, Some(cas)),
                 None => {
                     return Ok(Some((
                         quiet_reject(ErrorReply::BadCommandLine, quiet),
@@ -201,7 +201,8 @@ impl TextDecoder {
             self.swallow = total - here;
             let command = Command::TooLarge {
                 key: Cow::Borrowed(key),
-                remove_old: mode == StoreMode::Set,
+                // memcached removes the old value for `set` only, not for `cas`.
+                remove_old: mode == StoreMode::Set && cas.is_none(),
             };
             let mut request = text_request(command);
             request.ctx.quiet = quiet;
@@ -220,6 +221,7 @@ impl TextDecoder {
             flags,
             exptime,
             value,
+            cas,
         };
         let mut request = text_request(command);
         request.ctx.quiet = quiet;

@@ -26,8 +26,6 @@ pub enum StoreMode {
     Replace,
     Append,
     Prepend,
-    /// Store only if the current CAS token equals this one.
-    Cas(u64),
 }
 
 /// The keys of a get. `Line` keeps the already validated, space-separated text of a multi-key
@@ -72,12 +70,15 @@ pub enum Command<'a> {
         with_cas: bool,
         touch: Option<Exptime>,
     },
+    /// `cas`: store only if the item exists with this CAS token (text `cas`, binary CAS field, meta
+    /// `C`); otherwise `NotFound` / `Exists`. Combines with any mode (binary append with CAS).
     Store {
         mode: StoreMode,
         key: Cow<'a, [u8]>,
         flags: u32,
         exptime: Exptime,
         value: &'a [u8],
+        cas: Option<u64>,
     },
     /// Delete; `cas` non-zero means only if the CAS token matches (binary and meta).
     Delete {

@@ -100,6 +100,7 @@ pub fn execute(
             flags,
             exptime,
             value,
+            cas: want,
         } => {
             let cas = store.cas();
             let exists = store.live(key).map(|item| item.cas);
@@ -111,12 +112,12 @@ pub fn execute(
                 expires: expiry(*exptime),
             };
             match (mode, exists) {
+                _ if want.is_some() && exists.is_none() => Reply::NotFound,
+                _ if want.is_some() && *want != exists => Reply::Exists,
                 (StoreMode::Add, Some(_)) => Reply::NotStored,
                 (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
                     Reply::NotStored
                 }
-                (StoreMode::Cas(_), None) => Reply::NotFound,
-                (StoreMode::Cas(want), Some(have)) if *want != have => Reply::Exists,
                 (StoreMode::Append | StoreMode::Prepend, Some(_)) => {
                     let item = store.items.get_mut(&key).unwrap();
                     if *mode == StoreMode::Append {
