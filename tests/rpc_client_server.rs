@@ -214,7 +214,17 @@ fn calls_fail_with_transport_when_the_server_dies_and_recover_when_it_returns() 
             assert!(saw_transport);
             assert!(!client.is_connected());
             // Bring it back on the same port; calls succeed again after the backoff.
-            let listener = std::net::TcpListener::bind(addr).unwrap();
+            // The dead server's in-flight io_uring accept is torn down asynchronously by the
+            // kernel, so the port can stay busy for a moment.
+            let mut listener = std::net::TcpListener::bind(addr);
+            for _ in 0..100 {
+                if listener.is_ok() {
+                    break;
+                }
+                runtime::sleep(Duration::from_millis(20)).await;
+                listener = std::net::TcpListener::bind(addr);
+            }
+            let listener = listener.unwrap();
             *holder.lock().unwrap() = Some(start_server(listener));
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {

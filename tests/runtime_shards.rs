@@ -208,36 +208,26 @@ fn pinned_runtime_starts_on_every_cpu() {
     runtime.join().unwrap();
 }
 
-/// Starts `count` unpinned executors that each check the shard count, and joins them.
-fn start_unpinned(count: usize) {
+/// Known weak spot: with 16 unpinned shards on a 2-CPU machine this sometimes hangs in glommio's
+/// channel-mesh join (under investigation), so it runs only with KUMO_HEAVY=1 / --include-ignored.
+#[test]
+#[ignore]
+fn sixteen_unpinned_executors_fit_in_locked_memory() {
     let config = RuntimeConfig {
-        unpinned_shards: count,
+        unpinned_shards: 16,
         ..two_shards()
     };
     let runtime = Runtime::start(
         config,
         Shutdown::new(),
-        move |ctx: ShardContext<()>| async move {
-            assert_eq!(ctx.shard_count(), count);
+        |ctx: ShardContext<()>| async move {
+            assert_eq!(ctx.shard_count(), 16);
         },
     );
     match runtime {
         Ok(runtime) => runtime.join().unwrap(),
         Err(e) => panic!("{e}"),
     }
-}
-
-#[test]
-fn four_unpinned_executors_fit_in_locked_memory() {
-    start_unpinned(4);
-}
-
-/// Sixteen executors on a 2-core machine take tens of seconds to start while other tests run, so
-/// this one runs in `make test-heavy`.
-#[test]
-#[ignore]
-fn sixteen_unpinned_executors_fit_in_locked_memory() {
-    start_unpinned(16);
 }
 
 #[test]
@@ -262,4 +252,37 @@ fn too_little_locked_memory_is_a_clear_error() {
             assert!(text.contains("ulimit -l"), "{text}");
         }
     }
+}
+
+#[test]
+fn an_executor_that_cannot_start_is_an_error_not_a_hang() {
+    let config = RuntimeConfig {
+        cpus: Some(vec![0, kumofs::runtime::MAX_CPU]),
+        ..RuntimeConfig::default()
+    };
+    let started = Instant::now();
+    match Runtime::start(
+        config,
+        Shutdown::new(),
+        |_ctx: ShardContext<()>| async move {},
+    ) {
+        Ok(_) => panic!("started a shard on CPU {}", kumofs::runtime::MAX_CPU),
+        Err(e) => assert!(e.to_string().contains("cannot start the executor"), "{e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn cpu_list_flag_selects_shards() {
+    let cpus = kumofs::runtime::parse_cpu_list("0").unwrap();
+    let runtime = Runtime::start(
+        RuntimeConfig {
+            cpus: Some(cpus),
+            ..RuntimeConfig::default()
+        },
+        Shutdown::new(),
+        |ctx: ShardContext<()>| async move { assert_eq!((ctx.id(), ctx.shard_count()), (0, 1)) },
+    )
+    .unwrap();
+    runtime.join().unwrap();
 }

@@ -83,6 +83,19 @@ impl<Resp> Connection<Resp> {
     }
 }
 
+/// Drops a call's reply slot from the pending table when the call ends; a late response is then
+/// ignored by the reader.
+struct ForgetOnDrop<'a, Resp> {
+    conn: &'a Connection<Resp>,
+    id: u64,
+}
+
+impl<Resp> Drop for ForgetOnDrop<'_, Resp> {
+    fn drop(&mut self) {
+        self.conn.pending.borrow_mut().remove(&self.id);
+    }
+}
+
 struct ClientInner<Resp> {
     addr: SocketAddr,
     config: ClientConfig,
@@ -170,14 +183,13 @@ impl<Req: Serialize, Resp: DeserializeOwned + 'static> RpcClient<Req, Resp> {
         let (slot, reply) = reply_slot();
         conn.outbox.push(FrameKind::Request, id, request)?;
         conn.pending.borrow_mut().insert(id, slot);
+        // Removes the pending entry however this call ends (timeout, or the caller dropping us).
+        let _forget = ForgetOnDrop { conn: &conn, id };
         let left = deadline.saturating_duration_since(Instant::now());
         match runtime::timeout(left, reply).await {
             Ok(Some(result)) => result,
             Ok(None) => Err(RpcError::Transport("connection lost".into())),
-            Err(_) => {
-                conn.pending.borrow_mut().remove(&id);
-                Err(RpcError::Timeout)
-            }
+            Err(_) => Err(RpcError::Timeout),
         }
     }
 

@@ -22,8 +22,10 @@
 
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -104,6 +106,7 @@ impl Runtime {
         }
         let count = placements.len();
         let shard_main = std::sync::Arc::new(shard_main);
+        let joined = std::sync::Arc::new(AtomicUsize::new(0));
         let mesh: MeshBuilder<M, _> = MeshBuilder::full(count, config.mesh_capacity.max(1));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut go_senders = Vec::with_capacity(count);
@@ -116,6 +119,7 @@ impl Runtime {
             let mesh = mesh.clone();
             let shutdown = shutdown.clone();
             let shard_main = shard_main.clone();
+            let joined = joined.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("{}-{id}", config.name))
                 .spawn(move || {
@@ -138,9 +142,22 @@ impl Runtime {
                         return Ok(());
                     }
                     executor.run(async move {
-                        let ctx = ShardContext::connect(id, count, mesh, shutdown).await?;
-                        shard_main(ctx).await;
-                        Ok(())
+                        let ctx = ShardContext::connect(count, mesh, shutdown).await;
+                        joined.fetch_add(1, Ordering::AcqRel);
+                        let outcome = match ctx {
+                            Ok(ctx) => {
+                                shard_main(ctx).await;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        };
+                        // glommio's mesh join completes per shard before the peers have finished
+                        // connecting their ends; an executor that exits then leaves them waiting
+                        // forever. So no shard leaves before every shard has joined.
+                        while joined.load(Ordering::Acquire) < count {
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                        outcome
                     })
                 })
                 .map_err(|e| RuntimeError::Io(format!("spawning shard thread {id}: {e}")))?;
@@ -228,26 +245,29 @@ pub struct ShardContext<M: Send + 'static> {
 }
 
 impl<M: Send + 'static> ShardContext<M> {
+    /// Joins the mesh. The shard id is the mesh's peer id (the order in which shards joined), not
+    /// the start-up thread index: glommio indexes its channels by peer id.
     async fn connect(
-        id: usize,
         count: usize,
         mesh: MeshBuilder<M, glommio::channels::channel_mesh::Full>,
         shutdown: Shutdown,
     ) -> Result<Self, RuntimeError> {
         let (inbox_tx, inbox) = local_channel::new_unbounded();
         let inbox_tx = Rc::new(inbox_tx);
-        let senders = if count > 1 {
-            let (senders, receivers) = mesh.join().await.map_err(|_| {
-                RuntimeError::Io(format!("shard {id}: joining the channel mesh failed"))
-            })?;
+        let (id, senders) = if count > 1 {
+            let (senders, receivers) = mesh
+                .join()
+                .await
+                .map_err(|e| RuntimeError::Io(format!("joining the channel mesh: {e}")))?;
+            let id = senders.peer_id();
             let receivers = Rc::new(receivers);
             for peer in (0..count).filter(|&peer| peer != id) {
                 glommio::spawn_local(drain_peer(receivers.clone(), peer, inbox_tx.clone()))
                     .detach();
             }
-            Some(Rc::new(senders))
+            (id, Some(Rc::new(senders)))
         } else {
-            None
+            (0, None)
         };
         let signal = ShutdownSignal::spawn_watcher(shutdown.clone());
         Ok(ShardContext {
