@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use server_support::{value_of, DataClient};
-use support::{bin, free_port, kumoctl, wait_for_port, wait_until, Cluster, Daemon, READY_TIMEOUT};
+use server_support::{value_of, wait_or_dump, DataClient};
+use support::{bin, free_port, kumoctl, wait_for_port, Cluster, Daemon};
 
 fn server_args(addr: SocketAddr, manager: SocketAddr, store: &Path, cpus: &str) -> Vec<String> {
     vec![
@@ -50,12 +50,16 @@ fn data_survives_sigterm_and_restart() {
     let addr = cluster.add_server();
     cluster.attach();
     let mut client = DataClient::connect(addr);
-    wait_until("the server to accept writes", READY_TIMEOUT, || {
-        matches!(
-            client.set("warmup", "x"),
-            kumofs::rpc::messages::DataResponse::Stored { .. }
-        )
-    });
+    wait_or_dump(
+        "the server to accept writes",
+        || cluster.logs(),
+        || {
+            matches!(
+                client.set("warmup", "x"),
+                kumofs::rpc::messages::DataResponse::Stored { .. }
+            )
+        },
+    );
     for i in 0..200 {
         client.set(&format!("k{i}"), &format!("v{i}"));
     }
@@ -76,9 +80,17 @@ fn data_survives_sigterm_and_restart() {
     // The manager may have judged it down meanwhile: attach again (a no-op when it is active).
     kumoctl(cluster.manager_addr, &["attach"]);
     let mut client = DataClient::connect(addr);
-    wait_until("the restarted server to serve reads", READY_TIMEOUT, || {
-        value_of(&client.get("k1")).is_some()
-    });
+    wait_or_dump(
+        "the restarted server to serve reads",
+        || {
+            format!(
+                "{}\n--- restarted\n{}",
+                cluster.logs(),
+                restarted.log_text()
+            )
+        },
+        || value_of(&client.get("k1")).is_some(),
+    );
     for i in 1..200 {
         assert_eq!(
             value_of(&client.get(&format!("k{i}"))).map(|v| v.0),

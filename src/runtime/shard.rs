@@ -138,7 +138,7 @@ impl Runtime {
                         return Ok(());
                     }
                     executor.run(async move {
-                        let ctx = ShardContext::connect(id, count, mesh, shutdown).await?;
+                        let ctx = ShardContext::connect(count, mesh, shutdown).await?;
                         shard_main(ctx).await;
                         Ok(())
                     })
@@ -228,26 +228,29 @@ pub struct ShardContext<M: Send + 'static> {
 }
 
 impl<M: Send + 'static> ShardContext<M> {
+    /// Joins the mesh. The shard id is the mesh's peer id (the order in which shards joined), not
+    /// the start-up thread index: glommio indexes its channels by peer id.
     async fn connect(
-        id: usize,
         count: usize,
         mesh: MeshBuilder<M, glommio::channels::channel_mesh::Full>,
         shutdown: Shutdown,
     ) -> Result<Self, RuntimeError> {
         let (inbox_tx, inbox) = local_channel::new_unbounded();
         let inbox_tx = Rc::new(inbox_tx);
-        let senders = if count > 1 {
-            let (senders, receivers) = mesh.join().await.map_err(|_| {
-                RuntimeError::Io(format!("shard {id}: joining the channel mesh failed"))
-            })?;
+        let (id, senders) = if count > 1 {
+            let (senders, receivers) = mesh
+                .join()
+                .await
+                .map_err(|e| RuntimeError::Io(format!("joining the channel mesh: {e}")))?;
+            let id = senders.peer_id();
             let receivers = Rc::new(receivers);
             for peer in (0..count).filter(|&peer| peer != id) {
                 glommio::spawn_local(drain_peer(receivers.clone(), peer, inbox_tx.clone()))
                     .detach();
             }
-            Some(Rc::new(senders))
+            (id, Some(Rc::new(senders)))
         } else {
-            None
+            (0, None)
         };
         let signal = ShutdownSignal::spawn_watcher(shutdown.clone());
         Ok(ShardContext {

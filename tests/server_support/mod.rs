@@ -88,3 +88,14 @@ pub fn value_of(response: &DataResponse) -> Option<(String, u64)> {
         _ => None,
     }
 }
+
+/// Polls `cond` every 20 ms for up to 30 s; on timeout panics with `context()` (daemon logs).
+pub fn wait_or_dump(what: &str, context: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > Duration::from_secs(30) {
+            panic!("timed out waiting for {what}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
