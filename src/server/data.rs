@@ -334,3 +334,90 @@ async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
     out.extend(per_shard);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Config, Durability};
+
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path().join("e"));
+        config.durability = Durability::None;
+        let (engine, _) = Engine::open(config).unwrap();
+        (dir, engine)
+    }
+
+    fn write(op: WriteOp, value: &str, flags: u32, exptime: u32) -> Write {
+        Write {
+            key: b"k".to_vec(),
+            op,
+            value: value.as_bytes().to_vec(),
+            flags,
+            exptime,
+        }
+    }
+
+    #[test]
+    fn set_and_conditional_writes_map_onto_the_engine() {
+        let (_dir, mut e) = engine();
+        let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Add, "a", 3, 0), 10).unwrap();
+        assert_eq!(resp, DataResponse::Stored { version: 10 });
+        let rec = rec.unwrap();
+        assert_eq!(
+            (rec.hash, rec.value.as_slice(), rec.flags, rec.version),
+            (9, &b"a"[..], 3, 10)
+        );
+        let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Add, "b", 0, 0), 11).unwrap();
+        assert_eq!((resp, rec), (DataResponse::NotStored, None));
+        let cas = |v| write(WriteOp::Cas { version: v }, "c", 0, 0);
+        assert_eq!(
+            apply_write(&mut e, 9, &cas(99), 12).unwrap().0,
+            DataResponse::Exists
+        );
+        assert_eq!(
+            apply_write(&mut e, 9, &cas(10), 13).unwrap().0,
+            DataResponse::Stored { version: 13 }
+        );
+        let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Append, "+", 0, 0), 14).unwrap();
+        assert_eq!(resp, DataResponse::Stored { version: 14 });
+        assert_eq!(
+            rec.unwrap().value,
+            b"c+",
+            "append replicates the whole new value"
+        );
+    }
+
+    #[test]
+    fn incr_touch_and_delete_replicate_their_outcome() {
+        let (_dir, mut e) = engine();
+        apply_write(&mut e, 1, &write(WriteOp::Set, "41", 5, 0), 1).unwrap();
+        let (resp, rec) =
+            apply_write(&mut e, 1, &write(WriteOp::Incr { delta: 1 }, "", 0, 0), 2).unwrap();
+        assert_eq!(
+            resp,
+            DataResponse::Number {
+                value: 42,
+                version: 2
+            }
+        );
+        let rec = rec.unwrap();
+        assert_eq!(
+            (rec.value.as_slice(), rec.flags, rec.version),
+            (&b"42"[..], 5, 2)
+        );
+        let far = u32::MAX - 1;
+        let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Touch, "", 0, far), 3).unwrap();
+        assert_eq!(resp, DataResponse::Touched);
+        assert_eq!(rec.unwrap().exptime, far);
+        let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Delete, "", 0, 0), 4).unwrap();
+        assert_eq!(resp, DataResponse::Deleted);
+        let rec = rec.unwrap();
+        assert!(rec.tombstone && rec.value.is_empty() && rec.version == 4);
+        let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Delete, "", 0, 0), 5).unwrap();
+        assert_eq!((resp, rec), (DataResponse::NotFound, None));
+        let (resp, rec) =
+            apply_write(&mut e, 1, &write(WriteOp::Decr { delta: 1 }, "", 0, 0), 6).unwrap();
+        assert_eq!((resp, rec), (DataResponse::NotFound, None));
+    }
+}

@@ -125,3 +125,97 @@ async fn drop_unowned(shard: &Rc<Shard>, snapshot: &RoutingSnapshot) -> Result<(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::membership::Rebalance;
+    use crate::ring::{NodeState, RoutingTable};
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 19800))
+    }
+
+    fn table(version: u64, n: u8) -> RoutingTable {
+        RoutingTable::new(
+            version,
+            (1..=n).map(|i| (addr(i), NodeState::Active)).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn exactly_one_old_owner_copies_each_key_to_its_new_owners() {
+        let snapshot = RoutingSnapshot {
+            epoch: 2,
+            write: table(2, 4),
+            read: table(1, 3),
+            shards: Vec::new(),
+            rebalance: Some(Rebalance {
+                target: 2,
+                full: false,
+                phase: Phase::Copying,
+                waiting: Default::default(),
+                total: 4,
+            }),
+        };
+        for hash in (0..2000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            let senders: Vec<SocketAddr> = (1..=4)
+                .map(addr)
+                .filter(|me| !copy_targets(&snapshot, hash, *me, false).is_empty())
+                .collect();
+            let new_owners = snapshot.write.assign(hash);
+            let old_owners = snapshot.read.assign(hash);
+            let moved = new_owners
+                .as_slice()
+                .iter()
+                .any(|a| !old_owners.contains(a));
+            assert_eq!(senders.len(), usize::from(moved), "hash {hash:#x}");
+            if let Some(sender) = senders.first() {
+                assert_eq!(Some(*sender), snapshot.read.coordinator(hash));
+                for target in copy_targets(&snapshot, hash, *sender, false) {
+                    assert!(new_owners.contains(&target) && !old_owners.contains(&target));
+                }
+            }
+            let coordinator = snapshot.read.coordinator(hash).unwrap();
+            let full = copy_targets(&snapshot, hash, coordinator, true);
+            assert_eq!(
+                full.len(),
+                new_owners
+                    .as_slice()
+                    .iter()
+                    .filter(|a| **a != coordinator)
+                    .count()
+            );
+        }
+    }
+
+    #[test]
+    fn replica_targets_cover_both_tables_without_me() {
+        let snapshot = RoutingSnapshot {
+            epoch: 2,
+            write: table(2, 4),
+            read: table(1, 3),
+            shards: Vec::new(),
+            rebalance: None,
+        };
+        for hash in (0..500u64).map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d)) {
+            let me = snapshot.write.coordinator(hash).unwrap();
+            let targets = super::super::replication::replica_targets(&snapshot, hash, me);
+            assert!(!targets.contains(&me));
+            for owner in snapshot
+                .write
+                .assign(hash)
+                .as_slice()
+                .iter()
+                .chain(snapshot.read.assign(hash).as_slice())
+            {
+                assert!(*owner == me || targets.contains(owner));
+            }
+            let mut unique = targets.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), targets.len());
+        }
+    }
+}

@@ -41,6 +41,8 @@ pub const REPLICATION_PEER: &str = "kumo-server replication ";
 
 /// How long a call to another shard of this process may take.
 const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one shard's part of a rebalance phase may take.
+const PHASE_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Messages between the shards of one server process.
 pub(crate) enum ShardMsg {
@@ -181,6 +183,11 @@ impl Shard {
         if to == self.id {
             return Ok(self.clone().answer(call).await);
         }
+        // A rebalance phase walks the whole shard: it may take far longer than a request.
+        let limit = match call {
+            ShardCall::Phase(_) => PHASE_CALL_TIMEOUT,
+            _ => SHARD_CALL_TIMEOUT,
+        };
         let id = self.next_call.get();
         self.next_call.set(id.wrapping_add(1));
         let (tx, rx) = local_channel::new_bounded(1);
@@ -189,7 +196,7 @@ impl Shard {
             self.pending.borrow_mut().remove(&id);
             return Err(e.to_string());
         }
-        let answer = runtime::timeout(SHARD_CALL_TIMEOUT, rx.recv()).await;
+        let answer = runtime::timeout(limit, rx.recv()).await;
         self.pending.borrow_mut().remove(&id);
         match answer {
             Ok(Some(answer)) => Ok(answer),
