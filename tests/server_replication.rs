@@ -131,3 +131,57 @@ fn writes_reach_every_owner_and_keys_spread_over_servers_and_shards() {
         assert!(stats["repl_applied"].parse::<u64>().expect("number") > 0);
     }
 }
+
+#[test]
+fn writes_go_on_with_two_copies_when_a_server_dies() {
+    let mut cluster = Cluster::start_manager();
+    cluster.server_args = vec!["--cpus".into(), "0-1".into()];
+    for _ in 0..3 {
+        cluster.add_server();
+    }
+    cluster.attach();
+    let manager = cluster.manager_addr;
+    wait_until("three servers in both tables", READY_TIMEOUT, || {
+        let snapshot = routing(manager);
+        snapshot.write.nodes().len() == 3 && snapshot.read == snapshot.write
+    });
+    let dead = cluster.server_addrs[2];
+    cluster.servers[2].kill();
+
+    // Until the manager marks the dead server fault, writes fail (replication cannot complete);
+    // then the remaining copies take them, whoever coordinated before.
+    let keys: Vec<String> = (0..50).map(|i| format!("after-{i}")).collect();
+    let mut clients: Vec<(std::net::SocketAddr, DataClient)> = cluster.server_addrs[..2]
+        .iter()
+        .map(|&a| (a, DataClient::connect(a)))
+        .collect();
+    server_support::wait_or_dump(
+        "the dead server to be skipped",
+        || cluster.logs(),
+        || {
+            let snapshot = routing(manager);
+            keys.iter().all(|key| {
+                let Some(coordinator) = snapshot.write.coordinator(key_hash(key.as_bytes())) else {
+                    return false;
+                };
+                let Some((_, client)) = clients.iter_mut().find(|(a, _)| *a == coordinator) else {
+                    return false;
+                };
+                matches!(client.set(key, key), DataResponse::Stored { .. })
+            })
+        },
+    );
+    for key in &keys {
+        for (addr, client) in &mut clients {
+            assert_eq!(
+                value_of(&client.get(key)).map(|v| v.0),
+                Some(key.clone()),
+                "{key} on {addr}"
+            );
+        }
+    }
+    assert!(!routing(manager)
+        .write
+        .assign(key_hash(keys[0].as_bytes()))
+        .contains(&dead));
+}
