@@ -124,6 +124,7 @@ async fn shard_main(
     let maintenance = store.spawn_maintenance();
     let min_age = config.tombstone_min_age;
     let shard = Rc::new(Shard::new(config, store, ctx));
+    shard.observe_version(store::load_clock(&shard.config.store, shard.id));
     if shard.id == 0 {
         crate::info!(
             "kumo-server {} listening with {} shards, store {}",
@@ -134,7 +135,7 @@ async fn shard_main(
         runtime::spawn(manager_link::run(shard.clone()));
     }
     runtime::spawn(shard.clone().run_inbox());
-    runtime::spawn(collect_tombstones(shard.clone(), min_age));
+    runtime::spawn(housekeeping(shard.clone(), min_age));
     let stop = shard.ctx.shutdown_signal();
     while let Some(stream) = runtime::accept_until(&listener, &stop).await {
         runtime::spawn(shard.clone().route_accepted(stream));
@@ -143,19 +144,22 @@ async fn shard_main(
     if let Err(e) = shard.store.write_snapshot().await {
         crate::warn!("shard {}: final sync failed: {e}", shard.id);
     }
+    save_clock(&shard);
     drop(maintenance);
     if shard.id == 0 {
         crate::info!("kumo-server {} stopped", shard.me());
     }
 }
 
-/// Asks the engine to collect old tombstones now and then (`-gN` is the minimum age).
-async fn collect_tombstones(shard: Rc<Shard>, min_age: u32) {
+/// Every [`HOUSEKEEPING_INTERVAL`]: saves the clock and, every [`GC_EVERY`] rounds, asks the engine
+/// to collect tombstones older than `min_age` seconds (`-gX`).
+async fn housekeeping(shard: Rc<Shard>, min_age: u32) {
     let stop = shard.ctx.shutdown_signal();
-    while !stop.is_fired() {
+    let mut round = 0u64;
+    loop {
         let _ = futures_lite::future::or(
             async {
-                runtime::sleep(Duration::from_secs(60)).await;
+                runtime::sleep(HOUSEKEEPING_INTERVAL).await;
             },
             stop.wait(),
         )
@@ -163,9 +167,24 @@ async fn collect_tombstones(shard: Rc<Shard>, min_age: u32) {
         if stop.is_fired() {
             return;
         }
-        if let Err(e) = shard.store.engine().gc_tombstones(min_age) {
-            crate::warn!("shard {}: tombstone collection failed: {e}", shard.id);
+        save_clock(&shard);
+        round += 1;
+        if round % GC_EVERY == 0 {
+            if let Err(e) = shard.store.engine().gc_tombstones(min_age) {
+                crate::warn!("shard {}: tombstone collection failed: {e}", shard.id);
+            }
         }
+    }
+}
+
+/// How often the clock is saved; must stay well under `store::CLOCK_SAVE_MARGIN_MS`.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+/// Tombstone collection runs every this many housekeeping rounds.
+const GC_EVERY: u64 = 6;
+
+fn save_clock(shard: &Shard) {
+    if let Err(e) = store::save_clock(&shard.config.store, shard.id, shard.clock_last()) {
+        crate::warn!("shard {}: cannot save the clock: {e}", shard.id);
     }
 }
 

@@ -159,6 +159,11 @@ impl Shard {
         self.hlc.borrow_mut().now(wall_ms())
     }
 
+    /// The newest version issued or observed (saved across restarts, see `store::save_clock`).
+    pub fn clock_last(&self) -> u64 {
+        self.hlc.borrow().last()
+    }
+
     /// Takes in a version written elsewhere, so later local versions are newer.
     pub fn observe_version(&self, version: u64) -> bool {
         self.hlc.borrow_mut().observe(version, wall_ms()).is_ok()
