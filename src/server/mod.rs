@@ -169,7 +169,7 @@ async fn housekeeping(shard: Rc<Shard>, min_age: u32) {
         }
         save_clock(&shard);
         round += 1;
-        if round % GC_EVERY == 0 {
+        if round.is_multiple_of(GC_EVERY) {
             if let Err(e) = shard.store.engine().gc_tombstones(min_age) {
                 crate::warn!("shard {}: tombstone collection failed: {e}", shard.id);
             }

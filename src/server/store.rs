@@ -108,6 +108,37 @@ fn has_shard_dirs(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Physical milliseconds added to a remembered clock on start: covers versions issued after the
+/// last periodic save (see [`save_clock`]) before a crash.
+pub const CLOCK_SAVE_MARGIN_MS: u64 = 60_000;
+
+/// Where shard `shard` remembers the newest version it issued or observed.
+fn clock_path(dir: &Path, shard: usize) -> PathBuf {
+    dir.join(format!("shard-{shard}.clock"))
+}
+
+/// The version to start shard `shard`'s clock from: the saved one plus [`CLOCK_SAVE_MARGIN_MS`], so
+/// that a restart on a host whose wall clock went back can never stamp a write older than data it
+/// already holds (a replica would then keep the older value). 0 when nothing was saved.
+pub fn load_clock(dir: &Path, shard: usize) -> u64 {
+    let Ok(text) = std::fs::read_to_string(clock_path(dir, shard)) else {
+        return 0;
+    };
+    let Ok(saved) = text.trim().parse::<u64>() else {
+        return 0;
+    };
+    let margin = crate::cluster::clock::version_at(CLOCK_SAVE_MARGIN_MS);
+    saved.saturating_add(margin)
+}
+
+/// Saves the clock of shard `shard` (write to a temporary file, then rename).
+pub fn save_clock(dir: &Path, shard: usize, version: u64) -> std::io::Result<()> {
+    let path = clock_path(dir, shard);
+    let tmp = path.with_extension("clock.tmp");
+    std::fs::write(&tmp, format!("{version}\n"))?;
+    std::fs::rename(&tmp, &path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,35 +180,4 @@ mod tests {
         assert_eq!(parse_meta("kumofs-server shards=4\n"), Some(4));
         assert_eq!(parse_meta("kumofs-server shards=0"), None);
     }
-}
-
-/// Physical milliseconds added to a remembered clock on start: covers versions issued after the
-/// last periodic save (see [`save_clock`]) before a crash.
-pub const CLOCK_SAVE_MARGIN_MS: u64 = 60_000;
-
-/// Where shard `shard` remembers the newest version it issued or observed.
-fn clock_path(dir: &Path, shard: usize) -> PathBuf {
-    dir.join(format!("shard-{shard}.clock"))
-}
-
-/// The version to start shard `shard`'s clock from: the saved one plus [`CLOCK_SAVE_MARGIN_MS`], so
-/// that a restart on a host whose wall clock went back can never stamp a write older than data it
-/// already holds (a replica would then keep the older value). 0 when nothing was saved.
-pub fn load_clock(dir: &Path, shard: usize) -> u64 {
-    let Ok(text) = std::fs::read_to_string(clock_path(dir, shard)) else {
-        return 0;
-    };
-    let Ok(saved) = text.trim().parse::<u64>() else {
-        return 0;
-    };
-    let margin = crate::cluster::clock::version_at(CLOCK_SAVE_MARGIN_MS);
-    saved.saturating_add(margin)
-}
-
-/// Saves the clock of shard `shard` (write to a temporary file, then rename).
-pub fn save_clock(dir: &Path, shard: usize, version: u64) -> std::io::Result<()> {
-    let path = clock_path(dir, shard);
-    let tmp = path.with_extension("clock.tmp");
-    std::fs::write(&tmp, format!("{version}\n"))?;
-    std::fs::rename(&tmp, &path)
 }
