@@ -133,11 +133,8 @@ async fn drive_rebalance(shard: &Rc<Shard>, managers: &[ManagerClient], phases: 
     phases.running.set(Some(key));
     let (shard, phases, managers) = (shard.clone(), phases.clone(), managers.to_vec());
     runtime::spawn(async move {
-        crate::info!(
-            "rebalance {}: starting {:?} phase",
-            key.0,
-            rebalance_phase(&routing)
-        );
+        let phase = if key.1 { "copy" } else { "drop" };
+        crate::info!("rebalance {}: starting the {phase} phase", key.0);
         let snapshot = routing.clone();
         let answers = shard
             .call_all(|| ShardCall::Phase(Box::new((*snapshot).clone())))
@@ -162,10 +159,6 @@ async fn drive_rebalance(shard: &Rc<Shard>, managers: &[ManagerClient], phases: 
             }
         }
     });
-}
-
-fn rebalance_phase(routing: &RoutingSnapshot) -> Option<crate::cluster::membership::Phase> {
-    routing.rebalance.as_ref().map(|r| r.phase)
 }
 
 async fn report_done(managers: &[ManagerClient], shard: &Shard, target: u64) {
