@@ -165,6 +165,43 @@ fn registers_unattached_then_serves_every_op_after_attach() {
         Some("again".into())
     );
 
+    // A delayed flush_all hides only what was written before it fires.
+    assert_eq!(
+        client.call(&kumofs::rpc::messages::DataRequest::FlushAll { delay: 1 }),
+        DataResponse::Flushed
+    );
+    assert_eq!(
+        value_of(&client.get("k")).map(|v| v.0),
+        Some("again".into())
+    );
+    wait_until("the delayed flush", READY_TIMEOUT, || {
+        client.get("k") == DataResponse::NotFound
+    });
+    assert!(matches!(
+        client.set("k", "later"),
+        DataResponse::Stored { .. }
+    ));
+    assert_eq!(
+        value_of(&client.get("k")).map(|v| v.0),
+        Some("later".into())
+    );
+
+    // noreply writes are answered after the local write and are readable.
+    let noreply = kumofs::rpc::messages::DataRequest::Write {
+        hash: kumofs::ring::key_hash(b"quiet"),
+        key: b"quiet".to_vec(),
+        op: WriteOp::Set,
+        value: b"q".to_vec(),
+        flags: 0,
+        exptime: 0,
+        noreply: true,
+    };
+    assert!(matches!(client.call(&noreply), DataResponse::Stored { .. }));
+    assert_eq!(
+        value_of(&client.get("quiet")).map(|v| v.0),
+        Some("q".into())
+    );
+
     let stats = client.stats();
     assert_eq!(stats["shards"], "2");
     assert!(stats["cmd_set"].parse::<u64>().unwrap() > 10, "{stats:?}");

@@ -191,3 +191,80 @@ fn fail(synopsis: &str, message: &str, usage: bool) -> ! {
     eprintln!("error: {message}");
     std::process::exit(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_values() {
+        assert_eq!(parse_durability("every"), Ok(Durability::EveryWrite));
+        assert_eq!(parse_durability("none"), Ok(Durability::None));
+        assert_eq!(parse_durability("group"), Ok(Durability::default()));
+        assert_eq!(
+            parse_durability("group:25"),
+            Ok(Durability::GroupCommit(Duration::from_millis(25)))
+        );
+        for bad in ["", "group:", "group:0", "group:x", "always", "group:999999"] {
+            assert!(parse_durability(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn options_make_a_config() {
+        let args: Vec<String> = [
+            "-l",
+            "127.0.0.1",
+            "-m",
+            "m1",
+            "-p",
+            "127.0.0.1:19701",
+            "-s",
+            "/tmp/x",
+            "--cpus",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parsed = cli::parse(SPECS, &args).unwrap();
+        let config = config_from(&parsed);
+        // A malformed manager address: a clear error, not a panic.
+        assert!(config.is_err());
+        let args: Vec<String> = [
+            "-l",
+            "127.0.0.1",
+            "-m",
+            "127.0.0.1",
+            "-p",
+            "127.0.0.1:19701",
+            "-s",
+            "/tmp/x",
+            "-gX",
+            "60",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let config = config_from(&cli::parse(SPECS, &args).unwrap()).unwrap();
+        assert_eq!(config.listen.port(), DEFAULT_PORT);
+        assert_eq!(config.managers.len(), 2);
+        assert_eq!(config.stream_port, DEFAULT_STREAM_PORT);
+        assert_eq!(config.tombstone_min_age, 60);
+        let same: Vec<String> = [
+            "-l",
+            "127.0.0.1",
+            "-m",
+            "127.0.0.1",
+            "-p",
+            "127.0.0.1",
+            "-s",
+            "x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let err = config_from(&cli::parse(SPECS, &same).unwrap()).unwrap_err();
+        assert!(err.contains("must be different"), "{err}");
+    }
+}
