@@ -93,7 +93,14 @@ async fn copy(shard: &Rc<Shard>, snapshot: &RoutingSnapshot, full: bool) -> Resu
             .map_err(|e| format!("scanning shard {}: {e}", shard.id))?;
         for ((peer, peer_shard), records) in batches {
             for batch in records.chunks(BATCH) {
-                super::replication::send_records(shard, peer, peer_shard, batch).await?;
+                super::replication::send_records(
+                    shard,
+                    peer,
+                    peer_shard,
+                    batch,
+                    super::replication::COPY_CALL_TIMEOUT,
+                )
+                .await?;
                 sent += batch.len() as u64;
             }
         }

@@ -31,6 +31,11 @@ use crate::storage::WriteOutcome;
 
 /// Tries per peer before a replication counts as failed.
 pub const ATTEMPTS: u32 = 3;
+/// Limit of one replication call of a client write: with [`ATTEMPTS`], a peer that silently
+/// vanished costs a write about three seconds before it fails and the gateway retries.
+pub const WRITE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Limit of one rebalance copy call (a batch may carry many large values).
+pub const COPY_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type PeerClient = RpcClient<ReplicationRequest, ReplicationResponse>;
 
@@ -47,7 +52,7 @@ impl PeerClients {
             .entry((peer, shard))
             .or_insert_with(|| {
                 let config = ClientConfig {
-                    call_timeout: Duration::from_secs(3),
+                    call_timeout: COPY_CALL_TIMEOUT,
                     connect_timeout: Duration::from_secs(1),
                     backoff_min: Duration::from_millis(20),
                     backoff_max: Duration::from_millis(500),
@@ -95,6 +100,7 @@ pub(crate) async fn replicate(
                 peer,
                 core_of(hash, routing.shards_of(&peer)),
                 &records,
+                WRITE_CALL_TIMEOUT,
             )
         })
         .collect();
@@ -110,12 +116,13 @@ pub(crate) async fn replicate(
     }
 }
 
-/// Sends `records` (all owned by `peer_shard` on `peer`) with retries.
+/// Sends `records` (all owned by `peer_shard` on `peer`) with retries, each call within `limit`.
 pub(crate) async fn send_records(
     shard: &Rc<Shard>,
     peer: SocketAddr,
     peer_shard: usize,
     records: &[ReplicaRecord],
+    limit: Duration,
 ) -> Result<(), String> {
     let client = shard.peers.get(shard.me(), peer, peer_shard);
     let request = ReplicationRequest::Replicate {
@@ -126,7 +133,7 @@ pub(crate) async fn send_records(
         if attempt > 0 {
             runtime::sleep(Duration::from_millis(30 * u64::from(attempt))).await;
         }
-        match client.call(&request).await {
+        match client.call_with_timeout(&request, limit).await {
             Ok(ReplicationResponse::Ack { .. }) => return Ok(()),
             Ok(ReplicationResponse::Error(e)) => last = format!("{peer}: {e}"),
             Err(e) => last = format!("{peer}: {e}"),
