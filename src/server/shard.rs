@@ -230,6 +230,9 @@ impl Shard {
             }
             ShardCall::LocalStats => ShardAnswer::Stats(self.local_counters()),
             ShardCall::Flush(before) => {
+                // This shard's clock may be ahead of the caller's: everything it wrote so far must
+                // be older than the flush version too.
+                let before = before.max(self.next_version());
                 let flushed = self.store.engine().flush(before).map_err(|e| e.to_string());
                 ShardAnswer::Done(flushed)
             }
