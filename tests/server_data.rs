@@ -14,7 +14,9 @@ fn now_secs() -> u32 {
 #[test]
 fn registers_unattached_then_serves_every_op_after_attach() {
     let mut cluster = Cluster::start_manager();
-    cluster.server_args = vec!["--cpus".into(), "0-1".into()];
+    // A second manager that is down: the server keeps going with the live one.
+    let dead_manager = format!("127.0.0.1:{}", support::free_port());
+    cluster.server_args = vec!["--cpus".into(), "0-1".into(), "-p".into(), dead_manager];
     let addr = cluster.add_server();
     let status = kumoctl(cluster.manager_addr, &["status"]);
     let not_attached = status.split("not attached node:").nth(1).unwrap_or("");

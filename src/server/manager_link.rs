@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalSender};
 
 use super::shard::{is_copy, Shard, ShardAnswer, ShardCall, ShardMsg};
 use crate::rpc::messages::{ManagerRequest, ManagerResponse, RoutingSnapshot};
@@ -51,48 +52,75 @@ pub(crate) async fn run(shard: Rc<Shard>) {
             RpcClient::new(addr, config)
         })
         .collect();
-    let reachable: Vec<Cell<bool>> = clients.iter().map(|_| Cell::new(true)).collect();
+    // One loop per manager, so a manager that hangs never delays the keepalives to the other.
+    // A new snapshot wakes the rebalance driver at once instead of at its next round.
+    let (wake, woken) = local_channel::new_bounded::<()>(1);
+    let wake = Rc::new(wake);
+    for client in &clients {
+        runtime::spawn(keepalive_loop(shard.clone(), client.clone(), wake.clone()));
+    }
     let phases = Rc::new(PhaseState::default());
     let stop = shard.ctx.shutdown_signal();
     while !stop.is_fired() {
-        for (client, up) in clients.iter().zip(&reachable) {
-            let keepalive = ManagerRequest::KeepAlive {
-                addr: shard.me(),
-                stream_port: shard.config.stream_port,
-                shards: u16::try_from(shard.count).unwrap_or(u16::MAX),
-                routing_version: shard.routing().epoch,
-            };
-            match client.call(&keepalive).await {
-                Ok(ManagerResponse::Routing(snapshot)) => {
-                    up.set(true);
-                    adopt_everywhere(&shard, snapshot).await;
-                }
-                Ok(ManagerResponse::Error(e)) => {
-                    crate::warn!("manager {}: {e}", client.addr());
-                }
-                Ok(_) => up.set(true),
-                Err(e) => {
-                    if up.replace(false) {
-                        crate::warn!("manager {} unreachable: {e}", client.addr());
-                    }
-                }
-            }
-        }
         drive_rebalance(&shard, &clients, &phases).await;
         let _ = future::or(
             async {
-                runtime::sleep(KEEPALIVE_INTERVAL).await;
+                woken.recv().await;
             },
-            stop.wait(),
+            pause(&stop),
         )
         .await;
     }
 }
 
-/// Adopts a newer snapshot on shard 0 and passes it to every other shard.
-async fn adopt_everywhere(shard: &Rc<Shard>, snapshot: RoutingSnapshot) {
+/// Sleeps one keepalive interval, or less if shutdown comes first.
+async fn pause(stop: &crate::runtime::ShutdownSignal) {
+    let _ = future::or(
+        async {
+            runtime::sleep(KEEPALIVE_INTERVAL).await;
+        },
+        stop.wait(),
+    )
+    .await;
+}
+
+async fn keepalive_loop(shard: Rc<Shard>, client: ManagerClient, wake: Rc<LocalSender<()>>) {
+    let stop = shard.ctx.shutdown_signal();
+    let mut reachable = true;
+    while !stop.is_fired() {
+        let keepalive = ManagerRequest::KeepAlive {
+            addr: shard.me(),
+            stream_port: shard.config.stream_port,
+            shards: u16::try_from(shard.count).unwrap_or(u16::MAX),
+            routing_version: shard.routing().epoch,
+        };
+        match client.call(&keepalive).await {
+            Ok(ManagerResponse::Routing(snapshot)) => {
+                reachable = true;
+                if adopt_everywhere(&shard, snapshot).await {
+                    // Full means a wake-up is pending already.
+                    let _ = wake.try_send(());
+                }
+            }
+            Ok(ManagerResponse::Error(e)) => {
+                crate::warn!("manager {}: {e}", client.addr());
+            }
+            Ok(_) => reachable = true,
+            Err(e) => {
+                if reachable {
+                    crate::warn!("manager {} unreachable: {e}", client.addr());
+                }
+                reachable = false;
+            }
+        }
+        pause(&stop).await;
+    }
+}
+
+/// Adopts a newer snapshot on shard 0 and passes it to every other shard; false if it was not newer.
+async fn adopt_everywhere(shard: &Rc<Shard>, snapshot: RoutingSnapshot) -> bool {
     if !shard.adopt_routing(snapshot.clone()) {
-        return;
+        return false;
     }
     crate::info!(
         "routing epoch {}: write table {} ({} nodes), read table {}{}",
@@ -111,6 +139,7 @@ async fn adopt_everywhere(shard: &Rc<Shard>, snapshot: RoutingSnapshot) {
             crate::warn!("passing routing to shard {to}: {e}");
         }
     }
+    true
 }
 
 async fn drive_rebalance(shard: &Rc<Shard>, managers: &[ManagerClient], phases: &Rc<PhaseState>) {
