@@ -13,6 +13,23 @@
 //! - [`manager_link`]: keepalives to the managers, routing adoption, rebalance phases;
 //! - [`rebalance`]: a shard's copy and drop work during a rebalance.
 //!
+//! # Contract with gateways and peers
+//!
+//! - A gateway connection may open with `Hello { target_shard: Some(core_of(hash, shards)), .. }`;
+//!   without a hello the accepting shard serves it and forwards each request to the key's core.
+//! - `NotOwner { routing_version }` carries the epoch of the snapshot this server routes with.
+//! - A peer server opens replication connections with a hello whose `peer` starts with
+//!   [`shard::REPLICATION_PEER`]; they carry `ReplicationRequest`s on the same port as data.
+//! - `Stats` answers for the whole server (all shards summed, plus `shardN_items`).
+//!
+//! # Known limits
+//!
+//! - The stream port (`-L`) is only announced: copies travel on the data port, because the routing
+//!   snapshot does not carry the peers' stream ports.
+//! - A delayed `flush_all` is kept in memory only.
+//! - A write whose replication fails is reported as an error but stays on the copies that took it
+//!   (indefinite, as in kumofs); the gateway's retry writes a newer version.
+//!
 //! # Shutdown
 //!
 //! SIGINT/SIGTERM stop the listeners and connections; every shard then fsyncs its engine and
