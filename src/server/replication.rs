@@ -1,6 +1,6 @@
 //! Write replication between servers, both directions.
 //!
-//! Sending: after the coordinating shard wrote a record locally, [`replicate`] sends it as
+//! Sending: after the coordinating shard wrote a record locally, `replicate` sends it as
 //! [`ReplicationRequest::Replicate`] to every other live owner of the key under the write table (and,
 //! while the tables differ, under the read table too), concurrently, each on a connection bound to
 //! the shard that owns the key on that peer (one [`RpcClient`] per (peer, shard), whose [`Hello`]
@@ -9,7 +9,7 @@
 //! whole write fails, so the gateway retries it (the write is then indefinite, as in kumofs: some
 //! copies may hold it).
 //!
-//! Receiving: [`handle`] applies records newest-version-wins (`put_if_newer` / `delete_if_newer`),
+//! Receiving: `handle` applies records newest-version-wins (`put_if_newer` / `delete_if_newer`),
 //! so a late or repeated copy never overwrites a newer write, and observes every version so the
 //! shard's clock stays ahead of anything it has stored. Records of keys owned by another core of
 //! this server (a sender with a stale shard count) are passed to that core over the mesh.

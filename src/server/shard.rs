@@ -13,7 +13,7 @@
 //! # Calls between shards
 //!
 //! A request for a key of another core, a stats or flush fan-out and a rebalance phase cross shards as
-//! [`ShardMsg::Call`]; the callee answers with [`ShardMsg::Answer`] carrying the same id. The runtime's
+//! `ShardMsg::Call`; the callee answers with `ShardMsg::Answer` carrying the same id. The runtime's
 //! drainer tasks keep the bounded mesh channels moving, so a call never deadlocks on a full channel.
 
 use std::cell::{Cell, RefCell};
