@@ -1,1 +1,234 @@
-//! The `server` subsystem (under construction).
+//! kumo-server: stores data, coordinates the writes of the keys it owns, and replicates them.
+//!
+//! # Shape
+//!
+//! One shard per selected CPU ([`crate::runtime::Runtime`]). Shard `i` owns the storage engine in
+//! `PATH/shard-i` (see [`store`]), its connections, a hybrid logical clock and its copy of the
+//! routing snapshot; a key lives on shard `ring::core_of(hash, shards)`. Every shard binds the
+//! server address with SO_REUSEPORT; connections are bound to a shard by their hello and requests
+//! for another core are forwarded over the mesh (see [`shard`]).
+//!
+//! - [`data`]: gateway requests (get, the write ops, flush_all, stats);
+//! - [`replication`]: replicating writes to the other owners and applying replicas;
+//! - [`manager_link`]: keepalives to the managers, routing adoption, rebalance phases;
+//! - [`rebalance`]: a shard's copy and drop work during a rebalance.
+//!
+//! # Contract with gateways and peers
+//!
+//! - A gateway connection may open with `Hello { target_shard: Some(core_of(hash, shards)), .. }`;
+//!   without a hello the accepting shard serves it and forwards each request to the key's core.
+//! - `NotOwner { routing_version }` carries the epoch of the snapshot this server routes with.
+//! - A peer server opens replication connections with a hello whose `peer` starts with
+//!   [`shard::REPLICATION_PEER`]; they carry `ReplicationRequest`s on the same port as data.
+//! - `Stats` answers for the whole server (all shards summed, plus `shardN_items`).
+//!
+//! # Known limits
+//!
+//! - The stream port (`-L`) is only announced: copies travel on the data port, because the routing
+//!   snapshot does not carry the peers' stream ports.
+//! - A delayed `flush_all` is kept in memory only.
+//! - A write whose replication fails is reported as an error but stays on the copies that took it
+//!   (indefinite, as in kumofs); the gateway's retry writes a newer version.
+//!
+//! # Shutdown
+//!
+//! SIGINT/SIGTERM stop the listeners and connections; every shard then fsyncs its engine and
+//! writes its index snapshot, so the next start is fast and loses nothing acknowledged.
+
+pub mod data;
+pub mod manager_link;
+pub mod rebalance;
+pub mod replication;
+pub mod shard;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use crate::runtime::{self, Listener, Runtime, RuntimeConfig, ShardContext, Shutdown};
+use crate::storage::{Durability, Engine, ShardStore};
+use shard::{Shard, ShardMsg};
+
+/// Default data port (`-l`).
+pub const DEFAULT_PORT: u16 = 19800;
+/// Default stream port for rebalance copies (`-L`).
+pub const DEFAULT_STREAM_PORT: u16 = 19900;
+
+/// Settings of one server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to bind and the identity of this server in the ring (`-l`).
+    pub listen: SocketAddr,
+    /// Managers to register with (`-m`, `-p`).
+    pub managers: Vec<SocketAddr>,
+    /// Announced to the managers (`-L`). Copies currently travel on the data port.
+    pub stream_port: u16,
+    /// Store directory (`-s`).
+    pub store: PathBuf,
+    /// CPUs to run one shard on each; `None` = every CPU of the process.
+    pub cpus: Option<Vec<usize>>,
+    pub durability: Durability,
+    /// Tombstones younger than this are never collected (`-gN`, seconds).
+    pub tombstone_min_age: u32,
+}
+
+/// Opens the store, starts the shards and serves until SIGINT/SIGTERM (or `shutdown`).
+/// Every error is a sentence for the operator.
+pub fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), String> {
+    let cpus = match &config.cpus {
+        Some(cpus) => cpus.clone(),
+        None => runtime::available_cpus().map_err(|e| e.to_string())?,
+    };
+    let engines = store::open_store(&config.store, cpus.len(), config.durability)?;
+    let engines: Arc<Mutex<Vec<Option<Engine>>>> =
+        Arc::new(Mutex::new(engines.into_iter().map(Some).collect()));
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let runtime_config = RuntimeConfig {
+        name: "kumo-server".into(),
+        cpus: Some(cpus),
+        ..RuntimeConfig::default()
+    };
+    let failed = failure.clone();
+    let runtime = Runtime::start(
+        runtime_config,
+        shutdown,
+        move |ctx: ShardContext<ShardMsg>| {
+            let engine = engines
+                .lock()
+                .ok()
+                .and_then(|mut all| all.get_mut(ctx.id()).and_then(Option::take));
+            shard_main(config.clone(), engine, ctx, failed.clone())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let joined = runtime.join().map_err(|e| e.to_string());
+    if let Some(why) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(why);
+    }
+    joined
+}
+
+async fn shard_main(
+    config: ServerConfig,
+    engine: Option<Engine>,
+    ctx: ShardContext<ShardMsg>,
+    failure: Arc<Mutex<Option<String>>>,
+) {
+    let fail = |why: String| {
+        if let Ok(mut slot) = failure.lock() {
+            slot.get_or_insert(why);
+        }
+        ctx.shutdown_all();
+    };
+    let Some(engine) = engine else {
+        fail(format!("internal: no engine for shard {}", ctx.id()));
+        return;
+    };
+    let listener = match Listener::bind(config.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            fail(format!("cannot listen on {}: {e}", config.listen));
+            return;
+        }
+    };
+    let store = ShardStore::new(engine);
+    let maintenance = store.spawn_maintenance();
+    let min_age = config.tombstone_min_age;
+    let shard = Rc::new(Shard::new(config, store, ctx));
+    shard.observe_version(store::load_clock(&shard.config.store, shard.id));
+    if shard.id == 0 {
+        crate::info!(
+            "kumo-server {} listening with {} shards, store {}",
+            shard.me(),
+            shard.count,
+            shard.config.store.display()
+        );
+        runtime::spawn(manager_link::run(shard.clone()));
+    }
+    runtime::spawn(shard.clone().run_inbox());
+    runtime::spawn(housekeeping(shard.clone(), min_age));
+    let stop = shard.ctx.shutdown_signal();
+    while let Some(stream) = runtime::accept_until(&listener, &stop).await {
+        runtime::spawn(shard.clone().route_accepted(stream));
+    }
+    drop(listener);
+    if let Err(e) = shard.store.write_snapshot().await {
+        crate::warn!("shard {}: final sync failed: {e}", shard.id);
+    }
+    save_clock(&shard);
+    drop(maintenance);
+    if shard.id == 0 {
+        crate::info!("kumo-server {} stopped", shard.me());
+    }
+}
+
+/// Every [`HOUSEKEEPING_INTERVAL`]: saves the clock and, every [`GC_EVERY`] rounds, asks the engine
+/// to collect tombstones older than `min_age` seconds (`-gX`).
+async fn housekeeping(shard: Rc<Shard>, min_age: u32) {
+    let stop = shard.ctx.shutdown_signal();
+    let mut round = 0u64;
+    loop {
+        let _ = futures_lite::future::or(
+            async {
+                runtime::sleep(HOUSEKEEPING_INTERVAL).await;
+            },
+            stop.wait(),
+        )
+        .await;
+        if stop.is_fired() {
+            return;
+        }
+        save_clock(&shard);
+        round += 1;
+        if round.is_multiple_of(GC_EVERY) {
+            if let Err(e) = shard.store.engine().gc_tombstones(min_age) {
+                crate::warn!("shard {}: tombstone collection failed: {e}", shard.id);
+            }
+        }
+    }
+}
+
+/// How often the clock is saved; must stay well under `store::CLOCK_SAVE_MARGIN_MS`.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+/// Tombstone collection runs every this many housekeeping rounds.
+const GC_EVERY: u64 = 6;
+
+fn save_clock(shard: &Shard) {
+    if let Err(e) = store::save_clock(&shard.config.store, shard.id, shard.clock_last()) {
+        crate::warn!("shard {}: cannot save the clock: {e}", shard.id);
+    }
+}
+
+/// Polls every future concurrently and returns their outputs in order.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
