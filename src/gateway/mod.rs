@@ -130,7 +130,7 @@ pub fn run(config: GatewayConfig, shutdown: Shutdown) -> Result<(), RuntimeError
     }
     // Probe every port once from here, so "address in use" is one clear error at start-up.
     for (addr, _) in &config.listen {
-        let probe = Listener::bind(*addr)
+        let probe = std::net::TcpListener::bind(*addr)
             .map_err(|e| RuntimeError::Io(format!("cannot listen on {addr}: {e}")));
         drop(probe?);
     }
