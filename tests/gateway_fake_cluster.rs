@@ -497,7 +497,7 @@ fn async_binary_answers_every_request() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     stream.write_all(&req).unwrap();
-    let mut seen = vec![false; 200];
+    let mut seen = [false; 200];
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     while seen.iter().any(|s| !s) {

@@ -244,7 +244,7 @@ async fn send_write(shard: &Shard, write: &Write) -> Result<DataResponse, Failur
             }
         };
         errors += 1;
-        if stale || errors % shard.config.renew_threshold.max(1) == 0 {
+        if stale || errors.is_multiple_of(shard.config.renew_threshold.max(1)) {
             shard.router.refresh().await;
         }
         if Instant::now() + backoff > deadline {
