@@ -1,4 +1,193 @@
+//! kumo-server: stores data, coordinates and replicates writes of a kumofs cluster.
+
+use std::time::Duration;
+
+use kumofs::cli::{self, daemon, OptSpec, Parsed};
+use kumofs::runtime::{parse_cpu_list, Shutdown};
+use kumofs::server::{self, ServerConfig, DEFAULT_PORT, DEFAULT_STREAM_PORT};
+use kumofs::storage::Durability;
+
+const MANAGER_PORT: u16 = 19700;
+
+const SPECS: &[OptSpec] = &[
+    OptSpec::value(
+        "-l",
+        "--listen",
+        "addr[:19800]",
+        "address to bind, as reachable by others (required)",
+    ),
+    OptSpec::value("-m", "--manager1", "addr[:19700]", "manager (required)"),
+    OptSpec::value(
+        "-p",
+        "--manager2",
+        "addr[:19700]",
+        "the other manager of the pair",
+    ),
+    OptSpec::value(
+        "-s",
+        "--store",
+        "dir",
+        "store directory: one engine per shard (required, created if missing)",
+    ),
+    OptSpec::value(
+        "-L",
+        "--stream-listen",
+        "port",
+        "replace-stream port announced to the managers (default 19900)",
+    ),
+    OptSpec::value(
+        "",
+        "--cpus",
+        "list",
+        "CPUs to run one shard on each, e.g. 0,2-3 (default: all); fixed per store",
+    ),
+    OptSpec::value(
+        "",
+        "--durability",
+        "every|group[:MS]|none",
+        "when writes are fsynced (default group:10)",
+    ),
+    OptSpec::value(
+        "-gX",
+        "--garbage-max-time",
+        "sec",
+        "minimum age before a tombstone is collected (default 3600)",
+    ),
+    OptSpec::value(
+        "-gN",
+        "--garbage-min-time",
+        "sec",
+        "accepted, ignored (kumofs GC tuning)",
+    ),
+    OptSpec::value(
+        "-gS",
+        "--garbage-mem-limit",
+        "KB",
+        "accepted, ignored (kumofs GC tuning)",
+    ),
+    OptSpec::value(
+        "-S",
+        "--replicate-set-retry",
+        "n",
+        "accepted, ignored (fixed retries)",
+    ),
+    OptSpec::value(
+        "-D",
+        "--replicate-delete-retry",
+        "n",
+        "accepted, ignored (fixed retries)",
+    ),
+    OptSpec::value(
+        "-f",
+        "--offer-tmp",
+        "dir",
+        "accepted, ignored (no temp files)",
+    ),
+    OptSpec::value("-M", "--replace-memory-limit", "MB", "accepted, ignored"),
+    OptSpec::value("-Ci", "--clock-interval", "sec", "accepted, ignored"),
+    OptSpec::value("-Ys", "--connect-timeout", "sec", "accepted, ignored"),
+    OptSpec::value("-Yn", "--connect-retry-limit", "n", "accepted, ignored"),
+    OptSpec::value(
+        "-TR",
+        "--read-threads",
+        "n",
+        "accepted, ignored (see --cpus)",
+    ),
+    OptSpec::value("-TW", "--write-threads", "n", "accepted, ignored"),
+    daemon::COMMON_SPECS[0],
+    daemon::COMMON_SPECS[1],
+    daemon::COMMON_SPECS[2],
+];
+
 fn main() {
-    eprintln!("kumo-server: not built yet");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let synopsis =
+        "kumo-server -l <addr[:port]> -m <manager[:port]> [-p <manager2[:port]>] -s <dir> [options]";
+    let parsed = match cli::parse(SPECS, &args) {
+        Ok(p) if p.help => {
+            print!("{}", cli::usage(synopsis, SPECS));
+            return;
+        }
+        Ok(p) => p,
+        Err(e) => fail(synopsis, &e.to_string(), true),
+    };
+    let config = match config_from(&parsed) {
+        Ok(config) => config,
+        Err(e) => fail(synopsis, &e, true),
+    };
+    if let Err(e) = start(&parsed, config) {
+        fail(synopsis, &e, false);
+    }
+}
+
+fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
+    let listen = cli::parse_listen_addr(parsed.required(&SPECS[0]).map_err(|e| e.0)?, DEFAULT_PORT)
+        .map_err(|e| e.0)?;
+    let manager1 = cli::parse_peer_addr(parsed.required(&SPECS[1]).map_err(|e| e.0)?, MANAGER_PORT)
+        .map_err(|e| e.0)?;
+    let mut managers = vec![manager1];
+    if let Some(text) = parsed.get("manager2") {
+        let manager2 = cli::parse_peer_addr(text, MANAGER_PORT).map_err(|e| e.0)?;
+        if manager2 == manager1 {
+            return Err("-m and -p must be different".into());
+        }
+        managers.push(manager2);
+    }
+    let store = parsed.required(&SPECS[3]).map_err(|e| e.0)?.into();
+    let stream_port: u16 = parsed
+        .parse_or("stream-listen", DEFAULT_STREAM_PORT)
+        .map_err(|e| e.0)?;
+    let cpus = match parsed.get("cpus") {
+        Some(list) => Some(parse_cpu_list(list).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let durability = match parsed.get("durability") {
+        Some(text) => parse_durability(text)?,
+        None => Durability::default(),
+    };
+    let tombstone_min_age: u32 = parsed.parse_or("garbage-max-time", 3600).map_err(|e| e.0)?;
+    Ok(ServerConfig {
+        listen,
+        managers,
+        stream_port,
+        store,
+        cpus,
+        durability,
+        tombstone_min_age,
+    })
+}
+
+/// `every`, `group`, `group:MS` or `none`.
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    let bad = || format!("invalid --durability {text:?}: expected every, group[:MS] or none");
+    match text {
+        "every" => Ok(Durability::EveryWrite),
+        "none" => Ok(Durability::None),
+        "group" => Ok(Durability::default()),
+        _ => {
+            let ms: u64 = text
+                .strip_prefix("group:")
+                .and_then(|ms| ms.parse().ok())
+                .filter(|&ms| ms > 0 && ms <= 60_000)
+                .ok_or_else(bad)?;
+            Ok(Durability::GroupCommit(Duration::from_millis(ms)))
+        }
+    }
+}
+
+fn start(parsed: &Parsed, config: ServerConfig) -> Result<(), String> {
+    daemon::apply_common(parsed).map_err(|e| e.0)?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .install_signal_handler()
+        .map_err(|e| e.to_string())?;
+    server::run(config, shutdown)
+}
+
+fn fail(synopsis: &str, message: &str, usage: bool) -> ! {
+    if usage {
+        eprint!("{}", cli::usage(synopsis, SPECS));
+    }
+    eprintln!("error: {message}");
+    std::process::exit(1);
 }

@@ -1,0 +1,213 @@
+//! Write replication between servers, both directions.
+//!
+//! Sending: after the coordinating shard wrote a record locally, [`replicate`] sends it as
+//! [`ReplicationRequest::Replicate`] to every other live owner of the key under the write table (and,
+//! while the tables differ, under the read table too), concurrently, each on a connection bound to
+//! the shard that owns the key on that peer (one [`RpcClient`] per (peer, shard), whose [`Hello`]
+//! names the shard and marks the connection as replication, see [`super::shard::REPLICATION_PEER`]).
+//! A peer that fails is retried [`ATTEMPTS`] times with a short backoff; if it still fails the
+//! whole write fails, so the gateway retries it (the write is then indefinite, as in kumofs: some
+//! copies may hold it).
+//!
+//! Receiving: [`handle`] applies records newest-version-wins (`put_if_newer` / `delete_if_newer`),
+//! so a late or repeated copy never overwrites a newer write, and observes every version so the
+//! shard's clock stays ahead of anything it has stored. Records of keys owned by another core of
+//! this server (a sender with a stale shard count) are passed to that core over the mesh.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::shard::{Counters, Shard, ShardAnswer, ShardCall, REPLICATION_PEER};
+use crate::ring::{core_of, key_hash};
+use crate::rpc::messages::{
+    ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
+};
+use crate::rpc::{ClientConfig, Hello, RpcClient};
+use crate::runtime;
+use crate::storage::WriteOutcome;
+
+/// Tries per peer before a replication counts as failed.
+pub const ATTEMPTS: u32 = 3;
+
+type PeerClient = RpcClient<ReplicationRequest, ReplicationResponse>;
+
+/// The shard's replication clients, one per (peer server, peer shard).
+#[derive(Default)]
+pub(crate) struct PeerClients {
+    clients: RefCell<HashMap<(SocketAddr, usize), PeerClient>>,
+}
+
+impl PeerClients {
+    fn get(&self, me: SocketAddr, peer: SocketAddr, shard: usize) -> PeerClient {
+        self.clients
+            .borrow_mut()
+            .entry((peer, shard))
+            .or_insert_with(|| {
+                let config = ClientConfig {
+                    call_timeout: Duration::from_secs(3),
+                    connect_timeout: Duration::from_secs(1),
+                    backoff_min: Duration::from_millis(20),
+                    backoff_max: Duration::from_millis(500),
+                    hello: Some(Hello {
+                        target_shard: u32::try_from(shard).ok(),
+                        peer: format!("{REPLICATION_PEER}{me}"),
+                    }),
+                };
+                RpcClient::new(peer, config)
+            })
+            .clone()
+    }
+}
+
+/// The servers a write of `hash` coordinated by `me` must reach: the live owners under the write
+/// table and, during a rebalance, under the read table, without `me` and without duplicates.
+pub fn replica_targets(routing: &RoutingSnapshot, hash: u64, me: SocketAddr) -> Vec<SocketAddr> {
+    let mut targets = Vec::new();
+    let write = routing.write.assign(hash);
+    let read = routing.read.assign(hash);
+    let rebalancing = routing.rebalance.is_some() || routing.read != routing.write;
+    let extra: &[SocketAddr] = if rebalancing { read.as_slice() } else { &[] };
+    for addr in write.as_slice().iter().chain(extra) {
+        if *addr != me && !targets.contains(addr) {
+            targets.push(*addr);
+        }
+    }
+    targets
+}
+
+/// Sends `record` to every target; `Ok` once all acknowledged.
+pub(crate) async fn replicate(
+    shard: &Rc<Shard>,
+    routing: &RoutingSnapshot,
+    targets: &[SocketAddr],
+    record: ReplicaRecord,
+) -> Result<(), String> {
+    let records = vec![record];
+    let hash = records[0].hash;
+    let sends = targets
+        .iter()
+        .map(|&peer| {
+            send_records(
+                shard,
+                peer,
+                core_of(hash, routing.shards_of(&peer)),
+                &records,
+            )
+        })
+        .collect();
+    let failures: Vec<String> = super::join_all(sends)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// Sends `records` (all owned by `peer_shard` on `peer`) with retries.
+pub(crate) async fn send_records(
+    shard: &Rc<Shard>,
+    peer: SocketAddr,
+    peer_shard: usize,
+    records: &[ReplicaRecord],
+) -> Result<(), String> {
+    let client = shard.peers.get(shard.me(), peer, peer_shard);
+    let request = ReplicationRequest::Replicate {
+        records: records.to_vec(),
+    };
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            runtime::sleep(Duration::from_millis(30 * u64::from(attempt))).await;
+        }
+        match client.call(&request).await {
+            Ok(ReplicationResponse::Ack { .. }) => return Ok(()),
+            Ok(ReplicationResponse::Error(e)) => last = format!("{peer}: {e}"),
+            Err(e) => last = format!("{peer}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Entry point of a replication connection's request.
+pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> ReplicationResponse {
+    let ReplicationRequest::Replicate { records } = request;
+    let mut by_core: HashMap<usize, Vec<ReplicaRecord>> = HashMap::new();
+    for record in records {
+        by_core
+            .entry(core_of(key_hash(&record.key), shard.count))
+            .or_default()
+            .push(record);
+    }
+    let (mut applied, mut stale) = (0, 0);
+    for (core, records) in by_core {
+        let answer = if core == shard.id {
+            apply_local(shard, records).await
+        } else {
+            match shard.call(core, ShardCall::Replicate(records)).await {
+                Ok(ShardAnswer::Replicate(answer)) => answer,
+                Ok(_) => ReplicationResponse::Error("internal: wrong answer from shard".into()),
+                Err(e) => ReplicationResponse::Error(e),
+            }
+        };
+        match answer {
+            ReplicationResponse::Ack {
+                applied: a,
+                stale: s,
+            } => {
+                applied += a;
+                stale += s;
+            }
+            error => return error,
+        }
+    }
+    ReplicationResponse::Ack { applied, stale }
+}
+
+/// Applies records owned by this shard, newest version wins, then waits for durability.
+pub(crate) async fn apply_local(
+    shard: &Rc<Shard>,
+    records: Vec<ReplicaRecord>,
+) -> ReplicationResponse {
+    let (mut applied, mut stale) = (0u32, 0u32);
+    {
+        let mut engine = shard.store.engine();
+        for record in &records {
+            if !shard.observe_version(record.version) {
+                // A version no correct clock makes: storing it would pin the key forever.
+                stale += 1;
+                continue;
+            }
+            let outcome = if record.tombstone {
+                engine.delete_if_newer(&record.key, record.version)
+            } else {
+                engine.put_if_newer(
+                    &record.key,
+                    &record.value,
+                    record.flags,
+                    record.exptime,
+                    record.version,
+                )
+            };
+            match outcome {
+                Ok(WriteOutcome::Stored | WriteOutcome::Deleted) => applied += 1,
+                Ok(_) => stale += 1,
+                Err(e) => return ReplicationResponse::Error(e.to_string()),
+            }
+        }
+    }
+    Counters::bump(&shard.counters.repl_applied, u64::from(applied));
+    Counters::bump(&shard.counters.repl_stale, u64::from(stale));
+    if applied > 0 {
+        if let Err(e) = shard.store.durable().await {
+            return ReplicationResponse::Error(format!("storage sync failed: {e}"));
+        }
+    }
+    ReplicationResponse::Ack { applied, stale }
+}
