@@ -231,13 +231,21 @@ async fn send_write(shard: &Shard, write: &Write) -> Result<DataResponse, Failur
         }
         let client = shard.router.client_for(coordinator, write.hash, &snapshot);
         let stale = match client.call(&write.request).await {
-            Ok(DataResponse::NotOwner { .. }) => true,
+            Ok(DataResponse::NotOwner { routing_version }) => {
+                crate::info!(
+                    "gateway: {coordinator} is not the owner (its routing v{routing_version})"
+                );
+                true
+            }
             Ok(DataResponse::Error(why)) => {
                 crate::info!("gateway: write to {coordinator} failed: {why}");
                 false
             }
             Ok(response) => return Ok(response),
-            Err(RpcError::Transport(_)) | Err(RpcError::Timeout) => true,
+            Err(e @ (RpcError::Transport(_) | RpcError::Timeout)) => {
+                crate::info!("gateway: write to {coordinator} failed: {e}");
+                true
+            }
             Err(e) => {
                 crate::info!("gateway: write to {coordinator} failed: {e}");
                 false
