@@ -14,6 +14,16 @@ use kumofs::rpc::blocking;
 use kumofs::rpc::messages::{DataRequest, DataResponse, ManagerRequest, ManagerResponse};
 use support::{raw_exchange, wait_until, Cluster};
 
+/// The clusters of these tests run one at a time: four clusters at once (36 executors) exceed the
+/// locked memory io_uring may use for one user on this machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn client(addr: SocketAddr, protocol: &str) -> memcache::Client {
     let url = format!("memcache://{addr}?timeout=20&protocol={protocol}");
     memcache::Client::connect(url).expect("connect memcache client")
@@ -21,6 +31,7 @@ fn client(addr: SocketAddr, protocol: &str) -> memcache::Client {
 
 #[test]
 fn one_host_howto_set_get_delete() {
+    let _serial = serial();
     let cluster = Cluster::with_servers(3);
     let text = cluster.text_addr.expect("text port");
     let binary = cluster.binary_addr.expect("binary port");
@@ -59,6 +70,7 @@ fn one_host_howto_set_get_delete() {
 
 #[test]
 fn pipelined_requests_on_one_connection() {
+    let _serial = serial();
     let cluster = Cluster::with_servers(3);
     let text = cluster.text_addr.expect("text port");
     let mut request = Vec::new();
@@ -88,6 +100,7 @@ fn pipelined_requests_on_one_connection() {
 
 #[test]
 fn memccapable_through_real_servers() {
+    let _serial = serial();
     if !std::path::Path::new("/usr/bin/memccapable").exists() {
         eprintln!("SKIPPED: /usr/bin/memccapable (Debian libmemcached-tools) is not installed");
         return;
@@ -113,6 +126,7 @@ fn memccapable_through_real_servers() {
 /// Writes of keys a newly attached server coordinates land on it.
 #[test]
 fn gateway_follows_a_routing_change() {
+    let _serial = serial();
     let mut cluster = Cluster::with_servers(1);
     let text = cluster.text_addr.expect("text port");
     let mc = client(text, "ascii");

@@ -16,7 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use super::exec::{plan, Job, Planned};
 use super::stats::Counters;
 use super::{PortKind, Shard};
-use crate::protocol::Decoder;
+use crate::protocol::{Command, Decoder};
 use crate::runtime::{ShutdownSignal, TcpStream};
 
 /// Most requests started from one read before their replies are written.
@@ -67,10 +67,19 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
             match decoder.decode(&input[used..]) {
                 Ok(Some((request, n))) => {
                     used += n;
+                    // flush_all is a barrier: what was sent before it completes first, and what
+                    // follows starts after it (it goes to other server connections than the keys'
+                    // requests, so nothing else would order them).
+                    let barrier = matches!(request.command, Command::FlushAll { .. });
+                    if barrier {
+                        while let Some(bytes) = batch.next_ready().await {
+                            out.extend_from_slice(&bytes);
+                        }
+                    }
                     let (planned, quit) = plan(shard, request);
                     batch.push(planned);
-                    if quit {
-                        close = true;
+                    if quit || barrier {
+                        close = quit;
                         break;
                     }
                 }
@@ -85,7 +94,8 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
             }
         }
         input.drain(..used);
-        let more_decodable = batch.len() == MAX_BATCH;
+        // A full batch or a barrier may have left complete requests in the buffer.
+        let more_decodable = used > 0 && !input.is_empty();
         while let Some(bytes) = batch.next_ready().await {
             out.extend_from_slice(&bytes);
             if !ordered && !out.is_empty() {

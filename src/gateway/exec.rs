@@ -288,7 +288,13 @@ async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
         if snapshot.read.nodes().is_empty() && snapshot.write.nodes().is_empty() {
             return Err(NO_SERVERS);
         }
-        for (i, &owner) in snapshot.read.assign(hash).iter().enumerate() {
+        // Before the first rebalance completes the read table may still be empty: read where the
+        // writes go.
+        let table = match snapshot.read.nodes().is_empty() {
+            true => &snapshot.write,
+            false => &snapshot.read,
+        };
+        for (i, &owner) in table.assign(hash).iter().enumerate() {
             if round > 0 || i > 0 {
                 Counters::bump(&shard.counters.retries);
             }
