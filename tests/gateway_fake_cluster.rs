@@ -469,6 +469,15 @@ fn memcache_crate_text_and_binary_with_one_mib_values() {
     }
 }
 
+/// Value sizes of the async binary test: one value just under 1 MiB, the others 1000 bytes.
+fn value_len(i: usize) -> usize {
+    if i == 7 {
+        (1 << 20) - 1024
+    } else {
+        1000
+    }
+}
+
 #[test]
 fn async_binary_answers_every_request() {
     let cluster = FakeCluster::start(2);
@@ -476,8 +485,9 @@ fn async_binary_answers_every_request() {
     let mut req = Vec::new();
     for i in 0u32..200 {
         let key = format!("q{}", i % 100).into_bytes();
+        let i_mod = (i % 100) as usize;
         let (op, extras, value): (u8, Vec<u8>, Vec<u8>) = if i < 100 {
-            (1, vec![0; 8], vec![b'v'; 1000])
+            (1, vec![0; 8], vec![b'v'; value_len(i_mod)])
         } else {
             (0, vec![], vec![])
         };
@@ -497,6 +507,17 @@ fn async_binary_answers_every_request() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     stream.write_all(&req).unwrap();
+    // A value over the limit on the binary port: status 0x0003 (too large), and the old value is gone.
+    let mut big = Vec::new();
+    let (key, value) = (b"q7", vec![b'x'; 2 << 20]);
+    big.extend_from_slice(&[0x80, 0x01]);
+    big.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    big.extend_from_slice(&[8, 0, 0, 0]);
+    big.extend_from_slice(&((8 + key.len() + value.len()) as u32).to_be_bytes());
+    big.extend_from_slice(&[0; 12]);
+    big.extend_from_slice(&[0; 8]);
+    big.extend_from_slice(key);
+    big.extend_from_slice(&value);
     let mut seen = [false; 200];
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
@@ -513,12 +534,30 @@ fn async_binary_answers_every_request() {
             let opaque = u32::from_be_bytes(buf[12..16].try_into().unwrap()) as usize;
             assert_eq!(status, 0, "request {opaque} failed");
             if opaque >= 100 {
-                assert_eq!(body, 4 + 1000, "get {opaque} returned the wrong value size");
+                assert_eq!(
+                    body,
+                    4 + value_len(opaque % 100),
+                    "get {opaque}: wrong value size"
+                );
             }
             seen[opaque] = true;
             buf.drain(..24 + body);
         }
     }
+    let mut stream = TcpStream::connect(cluster.binary).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(&big).unwrap();
+    let mut head = [0u8; 24];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(
+        u16::from_be_bytes([head[6], head[7]]),
+        0x0003,
+        "too large status"
+    );
+    let got = exchange(cluster.text, b"get q7\r\n", b"END\r\n");
+    assert_eq!(got, b"END\r\n", "the old value survived a too-large set");
 }
 
 #[test]
