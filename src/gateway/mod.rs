@@ -1,1 +1,191 @@
-//! The `gateway` subsystem (under construction).
+//! kumo-gateway: speaks the memcached protocols to applications and routes every request to the
+//! kumo-server that owns its key. The gateway stores nothing; it owns the client connections, the
+//! routing snapshot it polls from the manager(s), and the RPC connections to the servers.
+//!
+//! # Shape
+//!
+//! One shard per CPU ([`run`]). Every shard binds every protocol port with SO_REUSEPORT, so the kernel
+//! spreads client connections over the shards, and a connection then lives on its shard for good.
+//! Each shard has its own [`router::Router`]: a copy of the routing snapshot (polled every
+//! [`router::POLL_INTERVAL`], and at once after a `NotOwner` answer or a transport error) and one
+//! lazily created `RpcClient` per (server, server shard). A key is sent on the connection bound to
+//! the server core that owns it (`ring::core_of`), so the server never hops cores, and all requests
+//! of all client connections of this shard to one server shard share that connection and coalesce
+//! into one write. Nothing is shared between gateway shards.
+//!
+//! # Per connection
+//!
+//! [`conn`] reads into a buffer, decodes every complete request, starts them all at once
+//! ([`exec`] turns each into server calls), and writes every reply that is ready with one write:
+//! text and binary answer in request order, async binary (`-c`, "cloudy") writes answers as they
+//! complete. The connection reads nothing more until the batch is answered, so a client that never
+//! reads its answers stops being read from (memory per connection stays bounded by one batch).
+//!
+//! # Semantics
+//!
+//! memcached 1.6 as a client sees it: flags and expiry always work (kumofs's `-F`/`-E` are accepted
+//! no-ops), expiry is converted to absolute unix seconds before it is sent, the CAS token is the
+//! version the server returns, deletes of missing keys answer `NOT_FOUND`. Reads try the live owners
+//! of the read table in order and fail over on errors; writes go to the coordinator of the write
+//! table and are retried with backoff after a routing refresh, within bounded time.
+
+mod conn;
+mod exec;
+mod expiry;
+mod router;
+mod stats;
+
+pub use expiry::absolute_exptime;
+pub use router::{Router, POLL_INTERVAL};
+pub use stats::Counters;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::protocol::Limits;
+use crate::runtime::{
+    self, Listener, Runtime, RuntimeConfig, RuntimeError, ShardContext, Shutdown,
+};
+
+/// Which protocol a listening port speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// `-t`: text, meta and (detected from the first byte, as memcached does) binary.
+    Text,
+    /// `-b`: binary (text detected too), replies in request order.
+    Binary,
+    /// `-c`: binary framing, replies written as each completes (matched by opaque).
+    AsyncBinary,
+}
+
+/// Everything a gateway needs; built by `kumo-gateway` from its command line.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// `-m` and `-p`: the manager(s) to poll for routing.
+    pub managers: Vec<SocketAddr>,
+    /// The ports to serve, with their protocol.
+    pub listen: Vec<(SocketAddr, PortKind)>,
+    /// CPUs to run one shard on each (`--cpus`); `None` = all.
+    pub cpus: Option<Vec<usize>>,
+    /// Decoder limits (`-I` sets `max_item`).
+    pub limits: Limits,
+    /// `-G`: rounds over a key's live owners before a get fails.
+    pub get_retry: u32,
+    /// `-S`: tries of a store (including incr/decr/touch) before it fails.
+    pub set_retry: u32,
+    /// `-D`: tries of a delete before it fails.
+    pub delete_retry: u32,
+    /// `-rn`: a routing refresh is forced after this many consecutive errors of one request (an
+    /// error that says the routing is stale, `NotOwner`, forces it at once).
+    pub renew_threshold: u32,
+    /// `-Ad`: answer deletes before the replicas acknowledged.
+    pub async_delete: bool,
+    /// `-k`: prefix added to every key (hashed and stored), invisible to clients.
+    pub key_prefix: Vec<u8>,
+    /// Time limit of one server call (`-Ci` scales it in kumofs; here it is fixed per call kind).
+    pub call_timeout: Duration,
+    /// Upper bound of the time one write spends retrying.
+    pub write_deadline: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            managers: Vec::new(),
+            listen: Vec::new(),
+            cpus: None,
+            limits: Limits::default(),
+            get_retry: 5,
+            set_retry: 20,
+            delete_retry: 20,
+            renew_threshold: 4,
+            async_delete: false,
+            key_prefix: Vec::new(),
+            call_timeout: Duration::from_secs(3),
+            write_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-shard state shared by every connection of the shard.
+pub(crate) struct Shard {
+    pub config: Rc<GatewayConfig>,
+    pub router: Router,
+    pub counters: Counters,
+    pub started_unix: u64,
+}
+
+/// Runs the gateway until `shutdown` fires (SIGINT/SIGTERM when the caller installed the handler).
+///
+/// Fails early with a clear error when a port cannot be bound or no shard can start.
+pub fn run(config: GatewayConfig, shutdown: Shutdown) -> Result<(), RuntimeError> {
+    if config.managers.is_empty() {
+        return Err(RuntimeError::Io("no manager address given".into()));
+    }
+    if config.listen.is_empty() {
+        return Err(RuntimeError::Io(
+            "at least one of -t, -b or -c is required".into(),
+        ));
+    }
+    // Probe every port once from here, so "address in use" is one clear error at start-up.
+    for (addr, _) in &config.listen {
+        let probe = std::net::TcpListener::bind(*addr)
+            .map_err(|e| RuntimeError::Io(format!("cannot listen on {addr}: {e}")));
+        drop(probe?);
+    }
+    let runtime_config = RuntimeConfig {
+        name: "kumo-gateway".into(),
+        cpus: config.cpus.clone(),
+        ..Default::default()
+    };
+    let started_unix = expiry::now_unix();
+    let runtime = Runtime::start(runtime_config, shutdown, move |ctx: ShardContext<()>| {
+        let config = Rc::new(config.clone());
+        async move { serve_shard(config, ctx, started_unix).await }
+    })?;
+    runtime.join()
+}
+
+async fn serve_shard(config: Rc<GatewayConfig>, ctx: ShardContext<()>, started_unix: u64) {
+    let stop = ctx.shutdown_signal();
+    let mut listeners = Vec::new();
+    for &(addr, kind) in &config.listen {
+        match Listener::bind(addr) {
+            Ok(listener) => listeners.push((listener, kind)),
+            Err(e) => {
+                crate::warn!("gateway shard {}: cannot listen on {addr}: {e}", ctx.id());
+                ctx.shutdown_all();
+                return;
+            }
+        }
+    }
+    let shard = Rc::new(Shard {
+        router: Router::new(config.managers.clone(), config.call_timeout, ctx.id()),
+        config: config.clone(),
+        counters: Counters::default(),
+        started_unix,
+    });
+    if ctx.id() == 0 {
+        for (addr, kind) in &config.listen {
+            crate::info!("kumo-gateway listening on {addr} ({kind:?})");
+        }
+    }
+    let polling = shard.clone();
+    let poll_stop = stop.clone();
+    runtime::spawn(async move { polling.router.poll_managers(&poll_stop).await });
+    for (listener, kind) in listeners {
+        let shard = shard.clone();
+        let stop = stop.clone();
+        runtime::spawn(async move {
+            while let Some(stream) = runtime::accept_until(&listener, &stop).await {
+                let shard = shard.clone();
+                let stop = stop.clone();
+                runtime::spawn(async move { conn::serve_client(stream, kind, shard, stop).await });
+            }
+        });
+    }
+    stop.wait().await;
+    // Give connection tasks one poll interval to see the signal and close their sockets.
+    runtime::sleep(Duration::from_millis(50)).await;
+}

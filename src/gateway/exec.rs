@@ -1,0 +1,531 @@
+//! What the gateway does for each memcached command: [`plan`] turns a decoded request (which borrows
+//! the read buffer) into either its finished reply bytes or a [`Job`], a future that owns its key
+//! and value, calls the servers, and yields the encoded reply.
+//!
+//! Reads go to the live owners of the key under the read table, in ring order, failing over on an
+//! error or timeout (a miss is a miss, not retried); after a whole round fails the routing is
+//! refreshed and the next round starts, up to `-G` rounds. Writes go to the coordinator under the
+//! write table; on `NotOwner`, a transport error or a timeout the routing is refreshed and the write
+//! retried with backoff (100 ms doubling to 1 s) up to `-S`/`-D` tries and the write deadline. With
+//! no server attached at all a request fails at once with `SERVER_ERROR no servers attached`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use super::expiry::{absolute_exptime, delay_seconds, now_unix};
+use super::stats::{self, Counters, VERSION};
+use super::Shard;
+use crate::protocol::{
+    encode_keyed, Command, ErrorReply, Exptime, Reply, ReplyContext, Request, StoreMode, Value,
+};
+use crate::ring::key_hash;
+use crate::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot, WriteOp};
+use crate::rpc::RpcError;
+use crate::runtime;
+
+/// A request in flight: resolves to its encoded reply (possibly empty).
+pub type Job = Pin<Box<dyn Future<Output = Vec<u8>>>>;
+
+/// A decoded request, ready to answer or to run.
+pub enum Planned {
+    Done(Vec<u8>),
+    Later(Job),
+}
+
+/// Why a request failed after its retries, as the client reads it after `SERVER_ERROR `.
+type Failure = &'static str;
+
+const NO_SERVERS: Failure = "no servers attached";
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Plans one request. The flag is true when the connection must close after this reply (quit).
+pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
+    let ctx = request.ctx;
+    let done = |reply: Reply<'_>| {
+        let mut out = Vec::new();
+        encode_keyed(&reply, &ctx, &[], &mut out);
+        Planned::Done(out)
+    };
+    let c = &shard.counters;
+    let planned = match request.command {
+        Command::Get {
+            keys,
+            with_cas: _,
+            touch,
+        } => {
+            let keys: Vec<Vec<u8>> = keys.iter().map(<[u8]>::to_vec).collect();
+            Planned::Later(Box::pin(get(shard.clone(), keys, touch, ctx)))
+        }
+        Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+        } => {
+            Counters::bump(&c.cmd_set);
+            let op = match mode {
+                StoreMode::Set => WriteOp::Set,
+                StoreMode::Add => WriteOp::Add,
+                StoreMode::Replace => WriteOp::Replace,
+                StoreMode::Append => WriteOp::Append,
+                StoreMode::Prepend => WriteOp::Prepend,
+                StoreMode::Cas(version) => WriteOp::Cas { version },
+            };
+            let write = Write::new(shard, &key, op, value.to_vec(), flags, exptime, ctx.quiet);
+            Planned::Later(Box::pin(store(shard.clone(), key.into_owned(), write, ctx)))
+        }
+        Command::Delete { key, cas } => {
+            Counters::bump(&c.cmd_delete);
+            let noreply = ctx.quiet || shard.config.async_delete;
+            let write = Write::new(shard, &key, WriteOp::Delete, Vec::new(), 0, 0, noreply);
+            Planned::Later(Box::pin(delete(
+                shard.clone(),
+                key.into_owned(),
+                write,
+                cas,
+                ctx,
+            )))
+        }
+        Command::Arith {
+            incr,
+            key,
+            delta,
+            initial,
+            cas: _,
+        } => {
+            Counters::bump(&c.cmd_arith);
+            let op = match incr {
+                true => WriteOp::Incr { delta },
+                false => WriteOp::Decr { delta },
+            };
+            let write = Write::new(shard, &key, op, Vec::new(), 0, 0, false);
+            Planned::Later(Box::pin(arith(
+                shard.clone(),
+                key.into_owned(),
+                write,
+                initial,
+                ctx,
+            )))
+        }
+        Command::Touch { key, exptime } => {
+            Counters::bump(&c.cmd_touch);
+            let write = Write::new(shard, &key, WriteOp::Touch, Vec::new(), 0, exptime, false);
+            Planned::Later(Box::pin(touch(shard.clone(), key.into_owned(), write, ctx)))
+        }
+        Command::FlushAll { delay } => {
+            Counters::bump(&c.cmd_flush);
+            Planned::Later(Box::pin(flush_all(shard.clone(), delay, ctx)))
+        }
+        Command::Version => done(Reply::Version(VERSION)),
+        Command::Verbosity { .. } => done(Reply::Ok),
+        Command::Stats { sub } => {
+            let mut out = Vec::new();
+            stats::answer(shard, sub, &ctx, &mut out);
+            Planned::Done(out)
+        }
+        Command::Quit => return (done(Reply::Quit), true),
+        Command::Noop => done(Reply::Noop),
+        Command::TooLarge { key, remove_old } => {
+            let write = Write::new(shard, &key, WriteOp::Delete, Vec::new(), 0, 0, false);
+            Planned::Later(Box::pin(too_large(shard.clone(), write, remove_old, ctx)))
+        }
+        Command::Skip => Planned::Done(Vec::new()),
+        Command::Reject(error) => done(Reply::Error(error)),
+    };
+    (planned, false)
+}
+
+fn encode_one(reply: Reply<'_>, ctx: &ReplyContext, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_keyed(&reply, ctx, key, &mut out);
+    out
+}
+
+fn server_error(shard: &Shard, why: Failure) -> Reply<'static> {
+    Counters::bump(&shard.counters.server_errors);
+    Reply::Error(ErrorReply::Server(why))
+}
+
+/// The stored (prefixed) form of a client key.
+fn stored_key(shard: &Shard, key: &[u8]) -> Vec<u8> {
+    let prefix = &shard.config.key_prefix;
+    let mut stored = Vec::with_capacity(prefix.len() + key.len());
+    stored.extend_from_slice(prefix);
+    stored.extend_from_slice(key);
+    stored
+}
+
+/// A write request with everything needed to retry it.
+struct Write {
+    hash: u64,
+    request: DataRequest,
+    tries: u32,
+}
+
+impl Write {
+    fn new(
+        shard: &Shard,
+        key: &[u8],
+        op: WriteOp,
+        value: Vec<u8>,
+        flags: u32,
+        exptime: Exptime,
+        noreply: bool,
+    ) -> Write {
+        let key = stored_key(shard, key);
+        let hash = key_hash(&key);
+        let tries = match op {
+            WriteOp::Delete => shard.config.delete_retry,
+            _ => shard.config.set_retry,
+        };
+        let request = DataRequest::Write {
+            hash,
+            key,
+            op,
+            value,
+            flags,
+            exptime: absolute_exptime(exptime, now_unix()),
+            noreply,
+        };
+        Write {
+            hash,
+            request,
+            tries: tries.max(1),
+        }
+    }
+}
+
+/// The current snapshot, fetched first if this shard has not heard from a manager yet.
+async fn routing(shard: &Shard) -> Rc<RoutingSnapshot> {
+    let snapshot = shard.router.snapshot();
+    if snapshot.epoch != 0 && !snapshot.write.nodes().is_empty() {
+        return snapshot;
+    }
+    shard.router.refresh().await;
+    shard.router.snapshot()
+}
+
+/// Sends a write to the key's coordinator, retrying as the module doc says.
+async fn send_write(shard: &Shard, write: &Write) -> Result<DataResponse, Failure> {
+    let deadline = Instant::now() + shard.config.write_deadline;
+    let mut backoff = FIRST_BACKOFF;
+    let mut errors = 0u32;
+    for attempt in 0..write.tries {
+        let snapshot = routing(shard).await;
+        let Some(coordinator) = snapshot.write.coordinator(write.hash) else {
+            if snapshot.write.nodes().is_empty() {
+                return Err(NO_SERVERS);
+            }
+            // Every owner of the key is marked fault: wait for the manager to repair the table.
+            shard.router.refresh().await;
+            runtime::sleep(backoff).await;
+            continue;
+        };
+        if attempt > 0 {
+            Counters::bump(&shard.counters.retries);
+        }
+        let client = shard.router.client_for(coordinator, write.hash, &snapshot);
+        let stale = match client.call(&write.request).await {
+            Ok(DataResponse::NotOwner { routing_version }) => {
+                crate::info!(
+                    "gateway: {coordinator} is not the owner (its routing v{routing_version})"
+                );
+                true
+            }
+            Ok(DataResponse::Error(why)) => {
+                crate::info!("gateway: write to {coordinator} failed: {why}");
+                false
+            }
+            Ok(response) => return Ok(response),
+            Err(e @ (RpcError::Transport(_) | RpcError::Timeout)) => {
+                crate::info!("gateway: write to {coordinator} failed: {e}");
+                true
+            }
+            Err(e) => {
+                crate::info!("gateway: write to {coordinator} failed: {e}");
+                false
+            }
+        };
+        errors += 1;
+        if stale || errors.is_multiple_of(shard.config.renew_threshold.max(1)) {
+            shard.router.refresh().await;
+        }
+        if Instant::now() + backoff > deadline {
+            break;
+        }
+        runtime::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    Err(match write.request {
+        DataRequest::Write {
+            op: WriteOp::Delete,
+            ..
+        } => "delete failed",
+        _ => "store failed",
+    })
+}
+
+/// A found item.
+struct Item {
+    value: Vec<u8>,
+    flags: u32,
+    version: u64,
+}
+
+/// Reads a key from its live owners, failing over as the module doc says.
+async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
+    let hash = key_hash(&key);
+    let request = DataRequest::Get { hash, key };
+    let rounds = shard.config.get_retry.max(1);
+    let mut backoff = FIRST_BACKOFF;
+    for round in 0..rounds {
+        let snapshot = routing(shard).await;
+        if snapshot.read.nodes().is_empty() && snapshot.write.nodes().is_empty() {
+            return Err(NO_SERVERS);
+        }
+        // Before the first rebalance completes the read table may still be empty: read where the
+        // writes go.
+        let table = match snapshot.read.nodes().is_empty() {
+            true => &snapshot.write,
+            false => &snapshot.read,
+        };
+        for (i, &owner) in table.assign(hash).iter().enumerate() {
+            if round > 0 || i > 0 {
+                Counters::bump(&shard.counters.retries);
+            }
+            let client = shard.router.client_for(owner, hash, &snapshot);
+            match client.call(&request).await {
+                Ok(DataResponse::Value {
+                    value,
+                    flags,
+                    version,
+                }) => {
+                    return Ok(Some(Item {
+                        value,
+                        flags,
+                        version,
+                    }))
+                }
+                Ok(DataResponse::NotFound) => return Ok(None),
+                Ok(other) => crate::info!("gateway: get from {owner}: {other:?}"),
+                Err(e) => crate::info!("gateway: get from {owner}: {e}"),
+            }
+        }
+        if round + 1 < rounds {
+            shard.router.refresh().await;
+            runtime::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+    Err("get failed")
+}
+
+async fn get(
+    shard: Rc<Shard>,
+    keys: Vec<Vec<u8>>,
+    touch: Option<Exptime>,
+    ctx: ReplyContext,
+) -> Vec<u8> {
+    let lookups: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let shard = shard.clone();
+            async move {
+                Counters::bump(&shard.counters.cmd_get);
+                if let Some(exptime) = touch {
+                    Counters::bump(&shard.counters.cmd_touch);
+                    let write =
+                        Write::new(&shard, key, WriteOp::Touch, Vec::new(), 0, exptime, false);
+                    match send_write(&shard, &write).await? {
+                        DataResponse::Touched => {}
+                        _ => return Ok(None),
+                    }
+                }
+                read(&shard, stored_key(&shard, key)).await
+            }
+        })
+        .collect();
+    let found = join_all(lookups).await;
+    let mut out = Vec::new();
+    if let Some(why) = found.iter().find_map(|r| r.as_ref().err()) {
+        encode_keyed(&server_error(&shard, why), &ctx, &[], &mut out);
+        return out;
+    }
+    for (key, item) in keys.iter().zip(found) {
+        let reply = match &item {
+            Ok(Some(item)) => {
+                Counters::bump(&shard.counters.get_hits);
+                Reply::Value(Value {
+                    key,
+                    flags: item.flags,
+                    cas: item.version,
+                    data: &item.value,
+                    ttl: -1,
+                })
+            }
+            _ => {
+                Counters::bump(&shard.counters.get_misses);
+                Reply::Miss(key)
+            }
+        };
+        encode_keyed(&reply, &ctx, key, &mut out);
+    }
+    encode_keyed(&Reply::End, &ctx, &[], &mut out);
+    out
+}
+
+async fn store(shard: Rc<Shard>, key: Vec<u8>, write: Write, ctx: ReplyContext) -> Vec<u8> {
+    let reply = match send_write(&shard, &write).await {
+        Ok(DataResponse::Stored { version }) => Reply::Stored(version),
+        Ok(DataResponse::NotStored) => Reply::NotStored,
+        Ok(DataResponse::Exists) => Reply::Exists,
+        Ok(DataResponse::NotFound) => Reply::NotFound,
+        Ok(_) => server_error(&shard, "unexpected answer from server"),
+        Err(why) => server_error(&shard, why),
+    };
+    encode_one(reply, &ctx, &key)
+}
+
+async fn delete(
+    shard: Rc<Shard>,
+    key: Vec<u8>,
+    write: Write,
+    cas: u64,
+    ctx: ReplyContext,
+) -> Vec<u8> {
+    if cas != 0 {
+        // Compare first: a concurrent write between the read and the delete can still win, which
+        // memcached's own CAS semantics allow for a client that retries.
+        match read(&shard, stored_key(&shard, &key)).await {
+            Ok(Some(item)) if item.version == cas => {}
+            Ok(Some(_)) => return encode_one(Reply::Exists, &ctx, &key),
+            Ok(None) => return encode_one(Reply::NotFound, &ctx, &key),
+            Err(why) => return encode_one(server_error(&shard, why), &ctx, &key),
+        }
+    }
+    let reply = match send_write(&shard, &write).await {
+        Ok(DataResponse::Deleted) => Reply::Deleted,
+        Ok(DataResponse::NotFound) => Reply::NotFound,
+        Ok(_) => server_error(&shard, "unexpected answer from server"),
+        Err(why) => server_error(&shard, why),
+    };
+    encode_one(reply, &ctx, &key)
+}
+
+async fn arith(
+    shard: Rc<Shard>,
+    key: Vec<u8>,
+    write: Write,
+    initial: Option<(u64, Exptime)>,
+    ctx: ReplyContext,
+) -> Vec<u8> {
+    // Two rounds at most: a missing key with an initial value is created with Add, and if another
+    // client created it first the increment is sent again.
+    for _ in 0..2 {
+        let reply = match send_write(&shard, &write).await {
+            Ok(DataResponse::Number { value, version }) => Reply::Number(value, version),
+            Ok(DataResponse::NotFound) => match initial {
+                None => Reply::NotFound,
+                Some((value, exptime)) => {
+                    let text = value.to_string().into_bytes();
+                    let add = Write::new(&shard, &key, WriteOp::Add, text, 0, exptime, false);
+                    match send_write(&shard, &add).await {
+                        Ok(DataResponse::Stored { version }) => Reply::Number(value, version),
+                        Ok(DataResponse::NotStored) => continue,
+                        Ok(_) => server_error(&shard, "unexpected answer from server"),
+                        Err(why) => server_error(&shard, why),
+                    }
+                }
+            },
+            Ok(DataResponse::NonNumeric) => Reply::Error(ErrorReply::NonNumeric),
+            Ok(_) => server_error(&shard, "unexpected answer from server"),
+            Err(why) => server_error(&shard, why),
+        };
+        return encode_one(reply, &ctx, &key);
+    }
+    encode_one(server_error(&shard, "store failed"), &ctx, &key)
+}
+
+async fn touch(shard: Rc<Shard>, key: Vec<u8>, write: Write, ctx: ReplyContext) -> Vec<u8> {
+    let reply = match send_write(&shard, &write).await {
+        Ok(DataResponse::Touched) => Reply::Touched,
+        Ok(DataResponse::NotFound) => Reply::NotFound,
+        Ok(_) => server_error(&shard, "unexpected answer from server"),
+        Err(why) => server_error(&shard, why),
+    };
+    encode_one(reply, &ctx, &key)
+}
+
+async fn too_large(shard: Rc<Shard>, write: Write, remove_old: bool, ctx: ReplyContext) -> Vec<u8> {
+    if remove_old {
+        // The old value must not survive a failed set; whether it existed does not matter.
+        let _ = send_write(&shard, &write).await;
+    }
+    encode_one(Reply::Error(ErrorReply::TooLarge), &ctx, &[])
+}
+
+/// `flush_all`: every server of either table flushes (a server broadcasts to its own cores).
+async fn flush_all(shard: Rc<Shard>, delay: Exptime, ctx: ReplyContext) -> Vec<u8> {
+    let snapshot = routing(&shard).await;
+    let delay = delay_seconds(delay, now_unix());
+    let mut servers: Vec<_> = snapshot
+        .write
+        .nodes()
+        .iter()
+        .map(|(addr, _)| *addr)
+        .collect();
+    for (addr, _) in snapshot.read.nodes() {
+        if !servers.contains(addr) {
+            servers.push(*addr);
+        }
+    }
+    let calls: Vec<_> = servers
+        .iter()
+        .map(|&server| {
+            let client = shard.router.client_for_shard(server, 0);
+            async move { client.call(&DataRequest::FlushAll { delay }).await }
+        })
+        .collect();
+    let results = join_all(calls).await;
+    let failed = results
+        .iter()
+        .any(|r| !matches!(r, Ok(DataResponse::Flushed)));
+    let reply = match failed {
+        true => server_error(&shard, "flush failed on some servers"),
+        false => Reply::Ok,
+    };
+    encode_one(reply, &ctx, &[])
+}
+
+/// Runs futures concurrently on the current task and returns their outputs in order.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut left = 0;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => left += 1,
+                }
+            }
+        }
+        if left == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}

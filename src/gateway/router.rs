@@ -1,0 +1,169 @@
+//! One gateway shard's view of the cluster: the routing snapshot polled from the manager(s) and the
+//! RPC clients to every (server, server shard) this shard has talked to.
+//!
+//! A client is created on first use with a hello naming the server shard, so the server binds the
+//! connection to the core that owns the keys sent on it. All client connections of the gateway shard
+//! share these clients, which coalesce concurrent calls into one write.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::ring::core_of;
+use crate::rpc::messages::{
+    DataRequest, DataResponse, ManagerRequest, ManagerResponse, RoutingSnapshot,
+};
+use crate::rpc::{ClientConfig, Hello, RpcClient, RpcError};
+use crate::runtime::{self, ShutdownSignal};
+
+/// How often every shard asks the manager(s) for a newer routing snapshot.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Refreshes asked for by failing requests closer together than this are merged into one.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
+
+pub type DataClient = RpcClient<DataRequest, DataResponse>;
+type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
+
+/// The routing state and server connections of one gateway shard.
+pub struct Router {
+    snapshot: RefCell<Rc<RoutingSnapshot>>,
+    managers: Vec<ManagerClient>,
+    servers: RefCell<HashMap<(SocketAddr, u32), DataClient>>,
+    call_timeout: Duration,
+    last_refresh: Cell<Option<Instant>>,
+    refreshing: Cell<bool>,
+    peer_name: String,
+}
+
+impl Router {
+    pub fn new(managers: Vec<SocketAddr>, call_timeout: Duration, shard: usize) -> Router {
+        let manager_config = ClientConfig {
+            call_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(500),
+            ..Default::default()
+        };
+        Router {
+            snapshot: RefCell::new(Rc::new(RoutingSnapshot::empty())),
+            managers: managers
+                .into_iter()
+                .map(|addr| RpcClient::new(addr, manager_config.clone()))
+                .collect(),
+            servers: RefCell::new(HashMap::new()),
+            call_timeout,
+            last_refresh: Cell::new(None),
+            refreshing: Cell::new(false),
+            peer_name: format!("gateway pid {} shard {shard}", std::process::id()),
+        }
+    }
+
+    /// The current snapshot (cheap: an `Rc`).
+    pub fn snapshot(&self) -> Rc<RoutingSnapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Adopts `snapshot` if it is newer than the one held; returns whether it did.
+    pub fn adopt(&self, snapshot: RoutingSnapshot) -> bool {
+        if snapshot.epoch <= self.snapshot.borrow().epoch {
+            return false;
+        }
+        crate::info!(
+            "gateway: routing epoch {} (write v{} with {} servers, read v{})",
+            snapshot.epoch,
+            snapshot.write.version(),
+            snapshot.write.nodes().len(),
+            snapshot.read.version()
+        );
+        *self.snapshot.borrow_mut() = Rc::new(snapshot);
+        true
+    }
+
+    /// The client for the shard of `server` that owns keys hashing to `hash`.
+    pub fn client_for(
+        &self,
+        server: SocketAddr,
+        hash: u64,
+        snapshot: &RoutingSnapshot,
+    ) -> DataClient {
+        let shard = core_of(hash, snapshot.shards_of(&server)) as u32;
+        self.client_for_shard(server, shard)
+    }
+
+    /// The client bound to shard `shard` of `server`, created on first use.
+    pub fn client_for_shard(&self, server: SocketAddr, shard: u32) -> DataClient {
+        let mut servers = self.servers.borrow_mut();
+        servers
+            .entry((server, shard))
+            .or_insert_with(|| {
+                let config = ClientConfig {
+                    call_timeout: self.call_timeout,
+                    connect_timeout: Duration::from_secs(1),
+                    backoff_min: Duration::from_millis(20),
+                    backoff_max: Duration::from_millis(500),
+                    hello: Some(Hello {
+                        target_shard: Some(shard),
+                        peer: self.peer_name.clone(),
+                    }),
+                };
+                RpcClient::new(server, config)
+            })
+            .clone()
+    }
+
+    /// Asks the managers for a newer snapshot now (merged with other refreshes asked for within a
+    /// few milliseconds). Returns once the answer, or the failure, is in.
+    pub async fn refresh(&self) {
+        let recent = self
+            .last_refresh
+            .get()
+            .is_some_and(|at| at.elapsed() < MIN_REFRESH_GAP);
+        if recent {
+            return;
+        }
+        if self.refreshing.replace(true) {
+            // Another task is refreshing: give it the time of one manager round trip.
+            runtime::sleep(MIN_REFRESH_GAP).await;
+            return;
+        }
+        let _reset = ResetOnDrop(&self.refreshing);
+        for manager in &self.managers {
+            let known_version = self.snapshot.borrow().epoch;
+            match manager
+                .call(&ManagerRequest::GetRouting { known_version })
+                .await
+            {
+                Ok(ManagerResponse::Routing(snapshot)) => {
+                    self.adopt(snapshot);
+                }
+                Ok(ManagerResponse::UpToDate) => {}
+                Ok(other) => {
+                    crate::warn!("gateway: manager {} answered {other:?}", manager.addr());
+                }
+                Err(RpcError::Transport(_)) | Err(RpcError::Timeout) => {}
+                Err(e) => {
+                    crate::warn!("gateway: manager {}: {e}", manager.addr());
+                }
+            }
+        }
+        self.last_refresh.set(Some(Instant::now()));
+    }
+
+    /// Polls the managers every [`POLL_INTERVAL`] until `stop` fires.
+    pub async fn poll_managers(&self, stop: &ShutdownSignal) {
+        while !stop.is_fired() {
+            self.refresh().await;
+            futures_lite::future::or(runtime::sleep(POLL_INTERVAL), stop.wait()).await;
+        }
+    }
+}
+
+struct ResetOnDrop<'a>(&'a Cell<bool>);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
