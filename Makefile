@@ -21,11 +21,14 @@ lint:
 
 # The whole suite: lints, unit, property and integration tests (needs memcached and
 # libmemcached-tools for the conformance checks; .ci/run installs them).
+# The admin tools' binaries (kumoctl ...) are built first: integration tests run them.
 test: lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 
 # Long fault loops (crash tests with many iterations).
 test-heavy:
+	$(CARGO) build --release --workspace --bins
 	KUMO_HEAVY=1 $(CARGO) test --workspace --all-targets --release -- --include-ignored
 
 fmt:

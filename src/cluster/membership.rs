@@ -353,8 +353,9 @@ impl Membership {
                 actions
             }
             Phase::Dropping => {
+                // Publish the end, so servers and gateways stop seeing a rebalance in progress.
                 self.rebalance = None;
-                Vec::new()
+                vec![Action::PushRouting]
             }
         }
     }
@@ -449,8 +450,8 @@ mod tests {
         assert_eq!(actions[0], Action::PushRouting);
         assert_eq!(m.read_table(), m.write_table());
         assert_eq!(m.rebalance().unwrap().phase, Phase::Dropping);
-        m.phase_done(addr(1), 20, 24);
-        m.phase_done(addr(2), 20, 25);
+        assert!(m.phase_done(addr(1), 20, 24).is_empty());
+        assert_eq!(m.phase_done(addr(2), 20, 25), vec![Action::PushRouting]);
         assert!(m.rebalance().is_none());
     }
 

@@ -66,15 +66,21 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
             flags,
             exptime,
             value,
+            cas,
         } => {
             Counters::bump(&c.cmd_set);
-            let op = match mode {
-                StoreMode::Set => WriteOp::Set,
-                StoreMode::Add => WriteOp::Add,
-                StoreMode::Replace => WriteOp::Replace,
-                StoreMode::Append => WriteOp::Append,
-                StoreMode::Prepend => WriteOp::Prepend,
-                StoreMode::Cas(version) => WriteOp::Cas { version },
+            let op = match (mode, cas) {
+                // A CAS token turns set (text `cas`, binary set) and binary replace into
+                // compare-and-swap: the swap needs the stored version to match, so it also
+                // implies the key exists.
+                (StoreMode::Set | StoreMode::Replace, Some(version)) if version != 0 => {
+                    WriteOp::Cas { version }
+                }
+                (StoreMode::Set, _) => WriteOp::Set,
+                (StoreMode::Add, _) => WriteOp::Add,
+                (StoreMode::Replace, _) => WriteOp::Replace,
+                (StoreMode::Append, _) => WriteOp::Append,
+                (StoreMode::Prepend, _) => WriteOp::Prepend,
             };
             let write = Write::new(shard, &key, op, value.to_vec(), flags, exptime, ctx.quiet);
             Planned::Later(Box::pin(store(shard.clone(), key.into_owned(), write, ctx)))

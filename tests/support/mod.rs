@@ -24,7 +24,11 @@ pub fn free_port() -> u16 {
 pub fn bin(name: &str) -> PathBuf {
     let server = PathBuf::from(env!("CARGO_BIN_EXE_kumo-server"));
     let path = server.parent().expect("target dir").join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -32,16 +36,21 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_port(addr: SocketAddr) {
-    wait_until(&format!("{addr} to accept connections"), READY_TIMEOUT, || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    });
+    wait_until(
+        &format!("{addr} to accept connections"),
+        READY_TIMEOUT,
+        || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+    );
 }
 
 /// A running daemon, killed (SIGKILL) on drop.
@@ -63,7 +72,11 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        Daemon { name: name.to_string(), child, log }
+        Daemon {
+            name: name.to_string(),
+            child,
+            log,
+        }
     }
 
     /// Kills the process with SIGKILL and reaps it.
@@ -101,13 +114,18 @@ impl Drop for Daemon {
 
 /// Runs an admin tool to completion.
 pub fn run_tool(name: &str, args: &[String]) -> Output {
-    Command::new(bin(name)).args(args).output().unwrap_or_else(|e| panic!("run {name}: {e}"))
+    Command::new(bin(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"))
 }
 
 /// Sends raw bytes and reads until `done` says the reply is complete (or 10 s pass).
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     stream.write_all(request).expect("write");
     let mut reply = Vec::new();
     let mut buf = [0u8; 65536];
@@ -115,7 +133,10 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], done: impl Fn(&[u8]) -> bo
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => reply.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("read from {addr}: {e}; got so far {:?}", String::from_utf8_lossy(&reply)),
+            Err(e) => panic!(
+                "read from {addr}: {e}; got so far {:?}",
+                String::from_utf8_lossy(&reply)
+            ),
         }
     }
     reply
@@ -149,7 +170,13 @@ impl Cluster {
         let manager = Daemon::spawn(
             "manager",
             &bin("kumo-manager"),
-            &["-v".into(), "-l".into(), manager_addr.to_string(), "-Ys".into(), "0.5".into()],
+            &[
+                "-v".into(),
+                "-l".into(),
+                manager_addr.to_string(),
+                "-Ys".into(),
+                "0.5".into(),
+            ],
             dir.path(),
         );
         wait_for_port(manager_addr);
@@ -185,14 +212,21 @@ impl Cluster {
             store.display().to_string(),
         ];
         args.extend(self.server_args.iter().cloned());
-        let daemon = Daemon::spawn(&format!("server{n}"), &bin("kumo-server"), &args, self.dir.path());
+        let daemon = Daemon::spawn(
+            &format!("server{n}"),
+            &bin("kumo-server"),
+            &args,
+            self.dir.path(),
+        );
         wait_for_port(server_addr);
         self.servers.push(daemon);
         self.server_addrs.push(server_addr);
         let manager = self.manager_addr;
-        wait_until(&format!("manager to see {server_addr}"), READY_TIMEOUT, || {
-            kumoctl(manager, &["status"]).contains(&format!("  {server_addr}"))
-        });
+        wait_until(
+            &format!("manager to see {server_addr}"),
+            READY_TIMEOUT,
+            || kumoctl(manager, &["status"]).contains(&format!("  {server_addr}")),
+        );
         server_addr
     }
 
@@ -201,7 +235,11 @@ impl Cluster {
         let out = kumoctl(self.manager_addr, &["attach"]);
         assert!(!out.contains("error"), "attach: {out}");
         let manager = self.manager_addr;
-        let expect: Vec<String> = self.server_addrs.iter().map(|a| format!("  {a}  (active)")).collect();
+        let expect: Vec<String> = self
+            .server_addrs
+            .iter()
+            .map(|a| format!("  {a}  (active)"))
+            .collect();
         wait_until("servers to be attached", READY_TIMEOUT, || {
             let status = kumoctl(manager, &["status"]);
             expect.iter().all(|line| status.contains(line.as_str()))
