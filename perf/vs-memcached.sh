@@ -56,9 +56,11 @@ fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 NEXT_PORT=$((20000 + RANDOM % 20000))
+# Sets PORT to a port nothing listens on. Not `$(free_port)`: a subshell could not advance NEXT_PORT,
+# and every call would return the same port.
 free_port() {
     while port_open "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    echo "$NEXT_PORT"
+    PORT=$NEXT_PORT
     NEXT_PORT=$((NEXT_PORT + 1))
 }
 # wait_port PORT PID SECONDS: true once PORT accepts, false if PID died or time ran out.
@@ -114,7 +116,7 @@ best_of() {
 
 declare -A MC KF
 log "memcached -t 1 on CPU $SERVER_CPU"
-MC_PORT=$(free_port)
+free_port; MC_PORT=$PORT
 taskset -c "$SERVER_CPU" memcached -u root -p "$MC_PORT" -U 0 -l 127.0.0.1 -t 1 -m 1024 &
 MC_PID=$!
 PIDS+=("$MC_PID")
@@ -133,7 +135,8 @@ start_kumofs() {
     for b in kumo-manager kumo-server kumo-gateway kumoctl; do
         [ -x "$REL/$b" ] || { KUMOFS_NOTE="$REL/$b is not built"; return 1; }
     done
-    mgr=$(free_port); srv=$(free_port); srv_stream=$(free_port); gw_text=$(free_port); gw_bin=$(free_port)
+    free_port; mgr=$PORT; free_port; srv=$PORT; free_port; srv_stream=$PORT
+    free_port; gw_text=$PORT; free_port; gw_bin=$PORT
     mkdir -p "$WORK/data"
     taskset -c "$SERVER_CPU" "$REL/kumo-manager" -l "127.0.0.1:$mgr" >"$WORK/manager.log" 2>&1 &
     PIDS+=($!)
@@ -145,13 +148,16 @@ start_kumofs() {
     local i attached=0
     for ((i = 0; i < 50; i++)); do
         "$REL/kumoctl" "127.0.0.1:$mgr" attach >/dev/null 2>&1 || true
-        if "$REL/kumoctl" "127.0.0.1:$mgr" status 2>/dev/null | grep -q "127.0.0.1:$srv.*(active)"; then
+        # Capture first: `grep -q` exits early, and under pipefail kumoctl's SIGPIPE fails the test.
+        local status
+        status=$("$REL/kumoctl" "127.0.0.1:$mgr" status 2>/dev/null || true)
+        if grep -q "127.0.0.1:$srv.*(active)" <<<"$status"; then
             attached=1
             break
         fi
         sleep 0.2
     done
-    [ "$attached" = 1 ] || { KUMOFS_NOTE="kumoctl attach did not attach the server"; return 1; }
+    [ "$attached" = 1 ] || { KUMOFS_NOTE="kumoctl attach did not attach the server: $("$REL/kumoctl" "127.0.0.1:$mgr" status 2>&1 | tr "\n" " ") server log: $(head -c 300 "$WORK/server.log")"; return 1; }
     taskset -c "$SERVER_CPU" "$REL/kumo-gateway" -m "127.0.0.1:$mgr" -t "127.0.0.1:$gw_text" \
         -b "127.0.0.1:$gw_bin" --cpus 0 >"$WORK/gateway.log" 2>&1 &
     PIDS+=($!)
