@@ -145,20 +145,12 @@ const SPECS: &[OptSpec] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let synopsis =
         "kumo-gateway -m <addr[:port]> [-p <addr[:port]>] [-t port] [-b port] [-c port] [options]";
-    let parsed = match cli::parse(SPECS, &args) {
-        Ok(p) if p.help => {
-            print!("{}", cli::usage(synopsis, SPECS));
-            return;
-        }
-        Ok(p) => p,
-        Err(e) => fail(synopsis, &e.to_string()),
-    };
+    let parsed = cli::parse_args_or_exit(synopsis, SPECS);
     let config = match config_from(&parsed) {
         Ok(config) => config,
-        Err(e) => fail(synopsis, &e),
+        Err(e) => cli::exit_with_usage(synopsis, SPECS, &e),
     };
     if let Err(e) = start(&parsed, config) {
         eprintln!("kumo-gateway: {e}");
@@ -253,10 +245,4 @@ fn start(parsed: &Parsed, config: GatewayConfig) -> Result<(), String> {
         .install_signal_handler()
         .map_err(|e| e.to_string())?;
     gateway::run(config, shutdown).map_err(|e| e.to_string())
-}
-
-fn fail(synopsis: &str, message: &str) -> ! {
-    eprint!("{}", cli::usage(synopsis, SPECS));
-    eprintln!("error: {message}");
-    std::process::exit(1);
 }

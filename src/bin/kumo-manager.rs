@@ -51,18 +51,10 @@ const SPECS: &[OptSpec] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let synopsis = "kumo-manager -l <addr[:port]> [-p <partner[:port]>] [options]";
-    let parsed = match cli::parse(SPECS, &args) {
-        Ok(p) if p.help => {
-            print!("{}", cli::usage(synopsis, SPECS));
-            return;
-        }
-        Ok(p) => p,
-        Err(e) => fail(synopsis, &e.to_string()),
-    };
+    let parsed = cli::parse_args_or_exit(synopsis, SPECS);
     if let Err(e) = start(&parsed) {
-        fail(synopsis, &e);
+        cli::exit_with_usage(synopsis, SPECS, &e);
     }
 }
 
@@ -100,10 +92,4 @@ fn start(parsed: &Parsed) -> Result<(), String> {
         membership,
     };
     manager::run(config, listener, shutdown).map_err(|e| e.to_string())
-}
-
-fn fail(synopsis: &str, message: &str) -> ! {
-    eprint!("{}", cli::usage(synopsis, SPECS));
-    eprintln!("error: {message}");
-    std::process::exit(1);
 }

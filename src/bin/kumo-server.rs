@@ -100,23 +100,15 @@ const SPECS: &[OptSpec] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let synopsis =
         "kumo-server -l <addr[:port]> -m <manager[:port]> [-p <manager2[:port]>] -s <dir> [options]";
-    let parsed = match cli::parse(SPECS, &args) {
-        Ok(p) if p.help => {
-            print!("{}", cli::usage(synopsis, SPECS));
-            return;
-        }
-        Ok(p) => p,
-        Err(e) => fail(synopsis, &e.to_string(), true),
-    };
+    let parsed = cli::parse_args_or_exit(synopsis, SPECS);
     let config = match config_from(&parsed) {
         Ok(config) => config,
-        Err(e) => fail(synopsis, &e, true),
+        Err(e) => cli::exit_with_usage(synopsis, SPECS, &e),
     };
     if let Err(e) = start(&parsed, config) {
-        fail(synopsis, &e, false);
+        cli::exit_with_error(&e);
     }
 }
 
@@ -182,14 +174,6 @@ fn start(parsed: &Parsed, config: ServerConfig) -> Result<(), String> {
         .install_signal_handler()
         .map_err(|e| e.to_string())?;
     server::run(config, shutdown)
-}
-
-fn fail(synopsis: &str, message: &str, usage: bool) -> ! {
-    if usage {
-        eprint!("{}", cli::usage(synopsis, SPECS));
-    }
-    eprintln!("error: {message}");
-    std::process::exit(1);
 }
 
 #[cfg(test)]

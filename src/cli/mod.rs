@@ -162,6 +162,32 @@ pub fn parse(specs: &[OptSpec], args: &[String]) -> Result<Parsed, CliError> {
     Ok(parsed)
 }
 
+/// Parses the process's arguments for a daemon: prints the usage and exits 0 on `-h`, prints it with
+/// the error and exits 1 on a bad argument.
+pub fn parse_args_or_exit(synopsis: &str, specs: &[OptSpec]) -> Parsed {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse(specs, &args) {
+        Ok(parsed) if parsed.help => {
+            print!("{}", usage(synopsis, specs));
+            std::process::exit(0);
+        }
+        Ok(parsed) => parsed,
+        Err(e) => exit_with_usage(synopsis, specs, &e.0),
+    }
+}
+
+/// Prints the usage text and `error: MESSAGE` on stderr, then exits 1.
+pub fn exit_with_usage(synopsis: &str, specs: &[OptSpec], message: &str) -> ! {
+    eprint!("{}", usage(synopsis, specs));
+    exit_with_error(message)
+}
+
+/// Prints `error: MESSAGE` on stderr, then exits 1: for failures that are not about the arguments.
+pub fn exit_with_error(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
 /// The usage text: a synopsis line and one line per option.
 pub fn usage(synopsis: &str, specs: &[OptSpec]) -> String {
     let mut out = format!("usage: {synopsis}\n\n");
