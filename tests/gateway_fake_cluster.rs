@@ -186,6 +186,7 @@ impl FakeCluster {
             read: table,
             shards: addrs.iter().map(|a| (*a, 1)).collect(),
             rebalance: None,
+            ..RoutingSnapshot::empty()
         };
         let writes: Vec<Arc<Mutex<u64>>> = (0..servers).map(|_| Arc::default()).collect();
         let counters = writes.clone();

@@ -45,6 +45,7 @@ impl ManagerService {
                 stream_port: _,
                 shards,
                 routing_version,
+                progress: _,
             } => {
                 let known = self.shards.borrow_mut().insert(addr, shards);
                 if known.is_none() {
@@ -76,7 +77,9 @@ impl ManagerService {
                 self.apply(actions, false);
                 ManagerResponse::Ok
             }
-            ManagerRequest::Backup { suffix: _ } => {
+            ManagerRequest::Backup { suffix: _ }
+            | ManagerRequest::BackupStatus { .. }
+            | ManagerRequest::BackupDone { .. } => {
                 ManagerResponse::Error("backup is not implemented yet".into())
             }
             ManagerRequest::SetAutoReplace(on) => {
@@ -138,6 +141,7 @@ impl ManagerService {
             read,
             shards: self.shards.borrow().iter().map(|(a, n)| (*a, *n)).collect(),
             rebalance: membership.rebalance().cloned(),
+            ..RoutingSnapshot::empty()
         };
         *self.snapshot.borrow_mut() = Rc::new(snapshot);
     }

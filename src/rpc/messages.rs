@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::membership::{Rebalance, StatusReport};
+use crate::cluster::membership::{Phase, Rebalance, StatusReport};
 use crate::ring::RoutingTable;
 
 /// What a data write does; the value and its metadata travel beside it in [`DataRequest::Write`].
@@ -145,7 +145,54 @@ pub struct RoutingSnapshot {
     pub read: RoutingTable,
     /// Shard (core) count of every known server.
     pub shards: Vec<(SocketAddr, u16)>,
+    /// Stream port (`-L`) of every known server: rebalance copies are sent there.
+    pub stream_ports: Vec<(SocketAddr, u16)>,
     pub rebalance: Option<Rebalance>,
+    /// Tombstones whose version is below this may be collected: the manager advances it only while
+    /// every attached server is active and no rebalance is running, so every live copy of a key has
+    /// seen a delete older than it (0 = collect nothing).
+    pub gc_horizon: u64,
+    /// A backup every server must make once (servers remember the ids they did).
+    pub backup: Option<BackupOrder>,
+}
+
+/// `kumoctl backup`: every server writes a consistent copy of its data named with `suffix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupOrder {
+    pub id: u64,
+    pub suffix: String,
+}
+
+/// Where one server stands with a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupState {
+    Pending,
+    /// Written: the backup's path on the server and the records it holds.
+    Done {
+        path: String,
+        records: u64,
+    },
+    Failed(String),
+}
+
+/// The state of a backup on every server that takes part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    pub id: u64,
+    pub suffix: String,
+    pub servers: Vec<(SocketAddr, BackupState)>,
+}
+
+/// How far a server is in the current rebalance phase (sent with its keepalives).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseProgress {
+    pub target: u64,
+    pub phase: Phase,
+    /// Records scanned so far and in all (all shards).
+    pub done: u64,
+    pub total: u64,
+    /// Records sent to their new owners so far.
+    pub sent: u64,
 }
 
 impl RoutingSnapshot {
@@ -156,7 +203,10 @@ impl RoutingSnapshot {
             write: RoutingTable::empty(),
             read: RoutingTable::empty(),
             shards: Vec::new(),
+            stream_ports: Vec::new(),
             rebalance: None,
+            gc_horizon: 0,
+            backup: None,
         }
     }
 
@@ -180,6 +230,8 @@ pub enum ManagerRequest {
         stream_port: u16,
         shards: u16,
         routing_version: u64,
+        /// Progress of the rebalance phase this server is running, if any.
+        progress: Option<PhaseProgress>,
     },
     /// A gateway (or tool) asks for the routing snapshot if newer than `known_version`.
     GetRouting {
@@ -205,6 +257,16 @@ pub enum ManagerRequest {
         addr: SocketAddr,
         target: u64,
     },
+    /// kumoctl polls a backup it started (answered with [`ManagerResponse::Backup`]).
+    BackupStatus {
+        id: u64,
+    },
+    /// A server finished (or failed) backup `id`.
+    BackupDone {
+        addr: SocketAddr,
+        id: u64,
+        state: BackupState,
+    },
 }
 
 /// Manager answers.
@@ -217,4 +279,6 @@ pub enum ManagerResponse {
     Status(StatusReport),
     AutoReplace(bool),
     Error(String),
+    /// Answer to `Backup` and `BackupStatus`.
+    Backup(BackupReport),
 }

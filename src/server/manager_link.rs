@@ -93,6 +93,7 @@ async fn keepalive_loop(shard: Rc<Shard>, client: ManagerClient, wake: Rc<LocalS
             stream_port: shard.config.stream_port,
             shards: u16::try_from(shard.count).unwrap_or(u16::MAX),
             routing_version: shard.routing().epoch,
+            progress: None,
         };
         match client.call(&keepalive).await {
             Ok(ManagerResponse::Routing(snapshot)) => {

@@ -165,6 +165,7 @@ mod tests {
                 waiting: Default::default(),
                 total: 4,
             }),
+            ..RoutingSnapshot::empty()
         };
         for hash in (0..2000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
             let senders: Vec<SocketAddr> = (1..=4)
@@ -205,6 +206,7 @@ mod tests {
             read: table(1, 3),
             shards: Vec::new(),
             rebalance: None,
+            ..RoutingSnapshot::empty()
         };
         for hash in (0..500u64).map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d)) {
             let me = snapshot.write.coordinator(hash).unwrap();
