@@ -22,6 +22,30 @@ fn value(e: &mut Engine, key: &[u8]) -> Option<Vec<u8>> {
     e.get(key).unwrap().map(|i| i.value)
 }
 
+/// Runs compaction steps until it has nothing left to do; returns the segments retired.
+fn compact_until_idle(e: &mut Engine) -> u64 {
+    let mut retired = 0;
+    for _ in 0..10_000 {
+        let p = e.compact_step(64).unwrap();
+        retired += p.segments_retired;
+        if p.idle {
+            return retired;
+        }
+    }
+    panic!("compaction never went idle");
+}
+
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("seg-") && name.ends_with(".log")
+        })
+        .count()
+}
+
 #[test]
 fn put_get_overwrite_and_limits() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,8 +230,10 @@ fn flush_iterate_retain_and_gc() {
     let before = e.stats().tombstones;
     assert_eq!(before, 1);
     e.gc_tombstones(1000).unwrap();
+    compact_until_idle(&mut e);
     assert_eq!(e.stats().tombstones, 1);
     e.gc_tombstones(50).unwrap();
+    compact_until_idle(&mut e);
     assert_eq!(e.stats().tombstones, 0);
     assert_eq!(
         e.put_if_newer(b"k9", b"again", 0, 0, 1).unwrap(),
@@ -233,7 +259,7 @@ fn compaction_reclaims_space_and_keeps_data() {
     let mut removed = 0;
     for _ in 0..1000 {
         let p = e.compact_step(64).unwrap();
-        removed += p.segments_removed;
+        removed += p.segments_retired;
         // Reads and writes interleave with compaction steps.
         assert_eq!(value(&mut e, b"key3"), Some(b"value-19-3".to_vec()));
         if p.idle {
@@ -242,6 +268,11 @@ fn compaction_reclaims_space_and_keeps_data() {
     }
     let after = e.stats();
     assert!(removed > 0);
+    // Retired files stay until a sync round has made the copies durable.
+    let files_before_sync = segment_files(dir.path());
+    assert_eq!(files_before_sync as u64, after.segments + removed);
+    e.sync().unwrap();
+    assert_eq!(segment_files(dir.path()) as u64, after.segments);
     assert!(
         after.bytes_garbage < before.bytes_garbage,
         "{before:?} {after:?}"
@@ -299,7 +330,7 @@ fn snapshot_then_compaction_then_restart() {
     let mut removed = 0;
     for _ in 0..500 {
         let p = e.compact_step(32).unwrap();
-        removed += p.segments_removed;
+        removed += p.segments_retired;
         if p.idle {
             break;
         }

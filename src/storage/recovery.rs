@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::engine::{segment_path, Segment};
+use super::engine::find_in;
 use super::index::{tag_of, Index, Slot};
 use super::record::{self, Header, HEADER_LEN};
+use super::segment::{segment_path, Segment};
 use super::{Config, Engine, StorageError};
 
 const SNAPSHOT: &str = "index.snap";
@@ -37,6 +37,9 @@ pub struct RecoveryReport {
     pub skipped_bytes: u64,
     /// Bytes cut off the end of the last segment (a torn write or junk).
     pub truncated_bytes: u64,
+    /// Segments found on disk that the snapshot shows were already compacted away (a deletion
+    /// a crash undid); they are deleted unread.
+    pub stale_segments: u32,
 }
 
 /// Persists the flush version atomically (write, fsync, rename, fsync the directory).
@@ -99,7 +102,7 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
             .write(true)
             .open(segment_path(&dir, id))?;
         let len = file.metadata()?.len().min(u64::from(u32::MAX));
-        engine.segments.insert(id, Segment { file, len, live: 0 });
+        engine.segments.insert(id, Segment::existing(file, len)?);
     }
     report.segments = ids.len() as u32;
 
@@ -114,6 +117,23 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
                     *from = len;
                 }
             }
+            // Segment ids only grow, and the snapshot lists every segment that existed when it
+            // was taken: an older id it does not list had been compacted away (its records
+            // copied forward) and only a crash brought its file back. Replaying it would let
+            // its stale records override the snapshot.
+            let newest_seen = seen.keys().next_back().copied().unwrap_or(0);
+            let stale: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|id| *id < newest_seen && !seen.contains_key(id))
+                .collect();
+            for id in stale {
+                engine.segments.remove(&id);
+                fs::remove_file(segment_path(&dir, id))?;
+                report.stale_segments += 1;
+            }
+            scan_from.retain(|(id, _)| engine.segments.contains_key(id));
+            ids.retain(|id| engine.segments.contains_key(id));
         }
         Ok(None) => {}
         Err(why) => report.snapshot_rejected = Some(why),
@@ -309,7 +329,16 @@ impl Engine {
     }
 }
 
-/// Scans segment `id` from byte `from`, applying every valid record to the index.
+/// What the scanner found at one position of a segment.
+enum Step {
+    Record { len: usize },
+    BadBody { len: usize },
+    Resync { skip: usize },
+    End { junk: usize },
+}
+
+/// Scans segment `id` from byte `from` (through its memory map), applying every valid record to
+/// the index; a torn or junk tail of the last segment is cut off.
 fn scan_segment(
     engine: &mut Engine,
     id: u32,
@@ -317,60 +346,68 @@ fn scan_segment(
     is_last: bool,
     report: &mut RecoveryReport,
 ) -> Result<(), StorageError> {
-    let Some(seg) = engine.segments.get(&id) else {
+    let Engine {
+        segments, index, ..
+    } = engine;
+    let Some(data) = segments.get(&id).and_then(|seg| seg.read_to_end(from)) else {
         return Ok(());
     };
-    let len = seg.len;
-    if from >= len {
-        return Ok(());
-    }
-    let mut data = vec![0u8; (len - from) as usize];
-    seg.file.read_exact_at(&mut data, from)?;
     let mut pos = 0usize;
+    let mut cut = None;
     while pos < data.len() {
-        match record::decode(&data[pos..]) {
+        let step = match record::decode(&data[pos..]) {
             Ok(rec) => {
+                let len = rec.header.record_len();
                 let offset = from as usize + pos;
-                let rec_len = rec.header.record_len();
                 apply(
-                    engine,
+                    segments,
+                    index,
                     id,
                     offset as u32,
                     rec.key,
                     &rec.header,
-                    rec_len as u32,
+                    len as u32,
                 )?;
-                report.records_scanned += 1;
-                pos += rec_len;
+                Step::Record { len }
             }
             Err(StorageError::Corrupt("body checksum mismatch")) => {
                 // The header checksum held, so its length is trusted: skip exactly this record.
+                let len = Header::decode(&data[pos..]).map_or(1, |h| h.record_len());
+                Step::BadBody { len }
+            }
+            Err(_) => match resync(data, pos + 1) {
+                Some(next) => Step::Resync { skip: next - pos },
+                None => Step::End {
+                    junk: data.len() - pos,
+                },
+            },
+        };
+        match step {
+            Step::Record { len } => {
+                report.records_scanned += 1;
+                pos += len;
+            }
+            Step::BadBody { len } => {
                 report.bad_records += 1;
-                let skip = Header::decode(&data[pos..]).map_or(1, |h| h.record_len());
+                pos += len;
+            }
+            Step::Resync { skip } => {
+                report.skipped_bytes += skip as u64;
                 pos += skip;
             }
-            Err(_) => match resync(&data, pos + 1) {
-                Some(next) => {
-                    report.skipped_bytes += (next - pos) as u64;
-                    pos = next;
+            Step::End { junk } => {
+                if is_last {
+                    report.truncated_bytes += junk as u64;
+                    cut = Some(from + pos as u64);
+                } else {
+                    report.skipped_bytes += junk as u64;
                 }
-                None => {
-                    let tail = (data.len() - pos) as u64;
-                    if is_last {
-                        let keep = from + pos as u64;
-                        if let Some(seg) = engine.segments.get_mut(&id) {
-                            seg.file.set_len(keep)?;
-                            seg.file.sync_all()?;
-                            seg.len = keep;
-                        }
-                        report.truncated_bytes += tail;
-                    } else {
-                        report.skipped_bytes += tail;
-                    }
-                    break;
-                }
-            },
+                break;
+            }
         }
+    }
+    if let (Some(keep), Some(seg)) = (cut, engine.segments.get_mut(&id)) {
+        seg.truncate(keep)?;
     }
     Ok(())
 }
@@ -383,7 +420,8 @@ fn resync(data: &[u8], from: usize) -> Option<usize> {
 }
 
 fn apply(
-    engine: &mut Engine,
+    segments: &BTreeMap<u32, Segment>,
+    index: &mut Index,
     seg: u32,
     offset: u32,
     key: &[u8],
@@ -393,10 +431,9 @@ fn apply(
     let tomb = header.kind == record::Kind::Tombstone;
     let slot = Slot::new(tag_of(key), len, tomb, seg, offset);
     // A slot whose record cannot be read back is replaced rather than failing the open.
-    let old = engine.find(key).unwrap_or(None);
-    match old {
-        Some(found) => engine.index.replace(found.pos, slot),
-        None => engine.index.insert(slot),
+    match find_in(segments, index, key).unwrap_or(None) {
+        Some(found) => index.replace(found.pos, slot),
+        None => index.insert(slot),
     }
     Ok(())
 }
