@@ -68,8 +68,9 @@ pub struct Engine {
 }
 
 /// Finds `key`'s index entry among `segments` (a free function so recovery can borrow the index
-/// mutably while scanning a segment). A candidate whose header fails its checksum is not this key
-/// (nor any key we can serve); skipping it keeps the key writable despite a damaged record.
+/// mutably while scanning a segment). A candidate that cannot be read or whose header fails its
+/// checksum is not this key (nor any key we can serve); skipping it keeps the key writable despite
+/// a damaged record or index entry.
 pub(crate) fn find_in(
     segments: &BTreeMap<u32, Segment>,
     index: &Index,
@@ -77,7 +78,9 @@ pub(crate) fn find_in(
 ) -> Result<Option<Found>, StorageError> {
     for pos in index.candidates(tag_of(key)) {
         let slot = index.get(pos);
-        let bytes = record_of(segments, slot)?;
+        let Ok(bytes) = record_of(segments, slot) else {
+            continue;
+        };
         let Ok(header) = Header::decode(bytes) else {
             continue;
         };
@@ -197,7 +200,7 @@ impl Engine {
     pub(crate) fn value_of(&self, found: &Found) -> Result<&[u8], StorageError> {
         let start = HEADER_LEN + found.header.key_len as usize;
         self.record(found.slot)?
-            .get(start..)
+            .get(start..found.header.record_len())
             .ok_or(StorageError::Corrupt("record shorter than its header says"))
     }
 
