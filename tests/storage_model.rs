@@ -197,10 +197,7 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
         flush: 0,
         gc: None,
     };
-    let mut version = 100u64;
-    for op in ops {
-        version += 1;
-        let v = version;
+    for (v, op) in (101u64..).zip(ops) {
         match op {
             Op::Put(k, x) => {
                 let (key, val, exp) = (key_of(k), val_of(x), exp_of(x, m.now));
