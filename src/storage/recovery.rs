@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use super::engine::find_in;
@@ -174,44 +174,60 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
 type SegmentLens = BTreeMap<u32, u64>;
 
 fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLens)>, String> {
-    let bytes = match fs::read(dir.join(SNAPSHOT)) {
-        Ok(b) => b,
+    // The slot table is read straight into the memory the index will own (one copy from the page
+    // cache, no intermediate buffer): at 10 M keys it is 256 MiB.
+    let mut file = match File::open(dir.join(SNAPSHOT)) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("unreadable: {e}")),
     };
-    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut crc = crc32fast::Hasher::new();
+    let mut read = |buf: &mut [u8]| -> Result<(), String> {
+        file.read_exact(buf).map_err(|_| "truncated".to_string())?;
+        crc.update(buf);
+        Ok(())
+    };
+    let mut head = [0u8; 12];
+    read(&mut head)?;
+    if &head[..8] != SNAPSHOT_MAGIC {
         return Err("bad magic or too short".into());
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err("checksum mismatch".into());
-    }
-    let mut at = 8;
-    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let s = body.get(*at..*at + n).ok_or("truncated")?;
-        *at += n;
-        Ok(s)
-    };
-    let u32_of = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-    let u64_of = |s: &[u8]| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(s);
-        u64::from_le_bytes(b)
-    };
-    let nseg = u32_of(take(&mut at, 4)?) as usize;
-    if nseg > body.len() / 12 {
+    let nseg = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64;
+    if 12 + nseg * 12 + 8 + 4 > file_len {
         return Err("segment count out of range".into());
     }
+    let mut table = vec![0u8; nseg as usize * 12 + 8];
+    read(&mut table)?;
     let mut seen = BTreeMap::new();
-    for _ in 0..nseg {
-        let id = u32_of(take(&mut at, 4)?);
-        let len = u64_of(take(&mut at, 8)?);
-        seen.insert(id, len);
+    for entry in table[..nseg as usize * 12].chunks_exact(12) {
+        let id = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&entry[4..12]);
+        seen.insert(id, u64::from_le_bytes(len));
     }
-    let cap = u64_of(take(&mut at, 8)?) as usize;
-    if cap.checked_mul(16) != Some(body.len() - at) {
+    let mut cap = [0u8; 8];
+    cap.copy_from_slice(&table[nseg as usize * 12..]);
+    let cap = u64::from_le_bytes(cap);
+    if cap
+        .checked_mul(16)
+        .and_then(|b| b.checked_add(12 + nseg * 12 + 8 + 4))
+        != Some(file_len)
+    {
         return Err("slot count does not match the file size".into());
     }
+    if !(16..=1 << 32).contains(&cap) || !cap.is_power_of_two() {
+        return Err("bad slot count".into());
+    }
+    let mut slots = vec![Slot::default(); cap as usize];
+    read(Slot::as_bytes_mut(&mut slots))?;
+    let mut stored_crc = [0u8; 4];
+    file.read_exact(&mut stored_crc)
+        .map_err(|_| "truncated".to_string())?;
+    if crc.finalize().to_le_bytes() != stored_crc {
+        return Err("checksum mismatch".into());
+    }
+    Slot::from_le_in_place(&mut slots);
     // Per segment id (dense, offset by the smallest id): the length the snapshot saw, if the
     // segment still exists (`Some(None)` when compaction has removed it since).
     let (Some(&min_id), Some(&max_id)) = (seen.keys().next(), seen.keys().next_back()) else {
@@ -228,17 +244,7 @@ fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLe
             None => None,
         });
     }
-    let mut slots = Vec::with_capacity(cap);
-    for chunk in body[at..].chunks_exact(16) {
-        let slot = Slot {
-            tag: u32_of(&chunk[0..4]),
-            meta: u32_of(&chunk[4..8]),
-            loc: u64_of(&chunk[8..16]),
-        };
-        if slot.is_empty() {
-            slots.push(slot);
-            continue;
-        }
+    for slot in slots.iter_mut().filter(|s| !s.is_empty()) {
         let entry = slot
             .segment()
             .checked_sub(min_id)
@@ -247,17 +253,13 @@ fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLe
             None => return Err("slot points to an unknown segment".into()),
             // The segment was compacted away after the snapshot: the copy is in the scanned
             // tail. The slot becomes a removal marker below so probing stays valid.
-            Some(None) => slots.push(Slot {
-                meta: u32::MAX,
-                ..slot
-            }),
+            Some(None) => slot.meta = u32::MAX,
             Some(Some(seen_len)) => {
                 if (slot.len() as usize) < HEADER_LEN
                     || u64::from(slot.offset()) + u64::from(slot.len()) > seen_len
                 {
                     return Err("slot points outside its segment".into());
                 }
-                slots.push(slot);
             }
         }
     }
@@ -315,11 +317,7 @@ impl Engine {
             out.extend_from_slice(&seg.len.to_le_bytes());
         }
         out.extend_from_slice(&(slots.len() as u64).to_le_bytes());
-        for s in slots {
-            out.extend_from_slice(&s.tag.to_le_bytes());
-            out.extend_from_slice(&s.meta.to_le_bytes());
-            out.extend_from_slice(&s.loc.to_le_bytes());
-        }
+        Slot::extend_le_bytes(&mut out, slots);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         SnapshotImage {

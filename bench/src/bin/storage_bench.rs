@@ -53,6 +53,54 @@ fn per_sec(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// CPU time this thread has used. Rates per CPU-second are what one core does when it is not
+/// shared: the machine this runs on is shared by several builds, so wall-clock rates are noisy.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass and reads nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall-clock and CPU time of one phase.
+#[derive(Clone, Copy)]
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Timed {
+    fn run<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<(T, Timed), E> {
+        let (wall, cpu) = (Instant::now(), thread_cpu());
+        let out = f()?;
+        Ok((
+            out,
+            Timed {
+                wall: wall.elapsed(),
+                cpu: thread_cpu().saturating_sub(cpu),
+            },
+        ))
+    }
+    /// "N/s wall, M/s per CPU-second".
+    fn rate(&self, n: u64) -> String {
+        format!(
+            "{:>10.0}/s wall, {:>10.0}/s per CPU-second",
+            per_sec(n, self.wall),
+            per_sec(n, self.cpu)
+        )
+    }
+    fn secs(&self) -> String {
+        format!(
+            "{:>7.3} s wall, {:.3} s CPU",
+            self.wall.as_secs_f64(),
+            self.cpu.as_secs_f64()
+        )
+    }
+}
+
 /// Overwrites `n` random keys, handing appends to the kernel every `batch` writes.
 fn overwrite(
     engine: &mut Engine,
@@ -83,7 +131,7 @@ fn group_commit(
     keys: u64,
     n: u64,
     first_version: u64,
-) -> Result<(Duration, u64), String> {
+) -> Result<(Timed, u64), String> {
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .ring_depth(64)
@@ -95,7 +143,7 @@ fn group_commit(
             let maintenance = store.spawn_maintenance();
             let mut rng = XorShift(0x0DDB_A11C_AFEF_00D5);
             let mut k = Vec::new();
-            let start = Instant::now();
+            let (start, cpu) = (Instant::now(), thread_cpu());
             let mut i = 0;
             while i < n {
                 for _ in 0..BATCH.min(n - i) {
@@ -110,7 +158,10 @@ fn group_commit(
                 futures_lite::future::yield_now().await;
             }
             store.sync_now().await.map_err(|e| e.to_string())?;
-            let elapsed = start.elapsed();
+            let elapsed = Timed {
+                wall: start.elapsed(),
+                cpu: thread_cpu().saturating_sub(cpu),
+            };
             let fsyncs = store.fsyncs();
             drop(maintenance);
             store.write_snapshot().await.map_err(|e| e.to_string())?;
@@ -156,21 +207,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let anon0 = status_bytes("RssAnon:");
     let (mut engine, _) = Engine::open(cfg.clone())?;
     let mut k = Vec::new();
-    let start = Instant::now();
-    for i in 0..keys {
-        key(i, &mut k);
-        engine.put(&k, &VALUE, 0, 0, i + 1)?;
-        if (i + 1) % BATCH == 0 {
-            engine.write_out()?;
+    let ((), load) = Timed::run(|| -> Result<(), StorageErr> {
+        for i in 0..keys {
+            key(i, &mut k);
+            engine.put(&k, &VALUE, 0, 0, i + 1)?;
+            if (i + 1) % BATCH == 0 {
+                engine.write_out()?;
+            }
         }
-    }
-    engine.write_out()?;
-    let load = start.elapsed();
+        engine.write_out()
+    })?;
     let stats = engine.stats();
     let anon1 = status_bytes("RssAnon:");
     println!(
-        "appends/s, fsync off, fresh keys, batches of {BATCH}: {:>10.0}",
-        per_sec(keys, load)
+        "appends, fsync off, fresh keys, batches of {BATCH}:   {}",
+        load.rate(keys)
     );
     println!(
         "index RAM per key:                      {:>12.1} bytes ({} bytes allocated / {} keys)",
@@ -186,16 +237,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Gets over the whole (page-cached) working set, random order: the first pass also maps the
     // pages into this process (minor faults), the second runs on a warm mapping.
     let n = keys.min(5_000_000);
-    let first = gets(&mut engine, keys, n, 0x9E37_79B9_7F4A_7C15)?;
-    let warm = gets(&mut engine, keys, n, 0x5851_F42D_4C95_7F2D)?;
+    let (_, first) = Timed::run(|| gets(&mut engine, keys, n, 0x9E37_79B9_7F4A_7C15))?;
+    let (_, warm) = Timed::run(|| gets(&mut engine, keys, n, 0x5851_F42D_4C95_7F2D))?;
     println!(
-        "gets/s, cached working set, first pass: {:>12.0}",
-        per_sec(n, first)
+        "gets, cached working set, first pass:     {}",
+        first.rate(n)
     );
-    println!(
-        "gets/s, cached working set, warm:       {:>12.0}",
-        per_sec(n, warm)
-    );
+    println!("gets, cached working set, warm:           {}", warm.rate(n));
     println!(
         "mapped page-cache pages (RssFile):      {:>12.1} MiB (file data, not heap)",
         status_bytes("RssFile:") as f64 / (1 << 20) as f64
@@ -204,17 +252,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Overwrites on the warm mapping: batched, a pwrite per append, batched again (the two
     // batched runs show how much of a difference is noise).
     let n = (keys / 10).max(1);
-    let batched = overwrite(&mut engine, keys, n, BATCH, keys + 1)?;
-    let single = overwrite(&mut engine, keys, n, 1, keys + n + 1)?;
-    let again = overwrite(&mut engine, keys, n, BATCH, keys + 2 * n + 1)?;
+    let (_, batched) = Timed::run(|| overwrite(&mut engine, keys, n, BATCH, keys + 1))?;
+    let (_, single) = Timed::run(|| overwrite(&mut engine, keys, n, 1, keys + n + 1))?;
+    let (_, again) = Timed::run(|| overwrite(&mut engine, keys, n, BATCH, keys + 2 * n + 1))?;
     println!(
-        "appends/s, fsync off, overwrites, batches of {BATCH}: {:>9.0} / {:.0} (two runs)",
-        per_sec(n, batched),
-        per_sec(n, again)
+        "appends, fsync off, overwrites, batches of {BATCH}: {}",
+        batched.rate(n)
     );
     println!(
-        "appends/s, fsync off, overwrites, pwrite each: {:>11.0}",
-        per_sec(n, single)
+        "  (second batched run)                      {}",
+        again.rate(n)
+    );
+    println!(
+        "appends, fsync off, overwrites, pwrite each: {}",
+        single.rate(n)
     );
     drop(engine);
 
@@ -222,35 +273,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = (keys / 5).max(1);
     let (gc, fsyncs) = group_commit(cfg.clone(), keys, n, 4 * keys)?;
     println!(
-        "appends/s, group commit 10 ms (ShardStore, io_uring fsync): {:>8.0} ({fsyncs} fsync rounds)",
-        per_sec(n, gc)
+        "appends, group commit 10 ms (ShardStore, io_uring fsync): {} ({fsyncs} fsync rounds)",
+        gc.rate(n)
     );
 
-    let start = Instant::now();
-    let (engine, report) = Engine::open(cfg.clone())?;
-    let with_snap = start.elapsed();
+    let ((engine, report), with_snap) = Timed::run(|| Engine::open(cfg.clone()))?;
     assert!(report.snapshot_loaded && engine.len() as u64 == keys);
     println!(
-        "restart with snapshot:                  {:>12.3} s ({} records after it)",
-        with_snap.as_secs_f64(),
+        "restart with snapshot:                 {} ({} records after it)",
+        with_snap.secs(),
         report.records_scanned
     );
-    let start = Instant::now();
     let mut engine = engine;
-    engine.write_snapshot()?;
+    let (image, capture) = Timed::run(|| Ok::<_, StorageErr>(engine.capture_snapshot()))?;
+    let ((), install) = Timed::run(|| {
+        engine.sync()?;
+        image.install()
+    })?;
+    println!("snapshot capture (on the shard):       {}", capture.secs());
     println!(
-        "snapshot write (incl. fsync):           {:>12.3} s",
-        start.elapsed().as_secs_f64()
+        "snapshot install (fsync, write, rename): {}",
+        install.secs()
     );
     drop(engine);
     std::fs::remove_file(dir.join("index.snap"))?;
-    let start = Instant::now();
-    let (engine, report) = Engine::open(cfg)?;
-    let without = start.elapsed();
+    let ((engine, report), without) = Timed::run(|| Engine::open(cfg))?;
     assert!(!report.snapshot_loaded && engine.len() as u64 == keys);
     println!(
-        "restart without snapshot (full scan):   {:>12.3} s ({} records)",
-        without.as_secs_f64(),
+        "restart without snapshot (full scan):  {} ({} records)",
+        without.secs(),
         report.records_scanned
     );
     Ok(())
