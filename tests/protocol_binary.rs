@@ -110,10 +110,10 @@ fn touch_and_gat() {
         set(opcode::SET, b"tk", 7, b"v", 0),
         request(opcode::TOUCH, b"tk", &exp, &[], 0),
     ]);
-    // memcached: flags in the extras, no value.
+    // memcached: flags in the extras, no value; a touch does not change the CAS.
     assert_eq!(
         &out[24..],
-        &response(opcode::TOUCH, b"", &7u32.to_be_bytes(), 0, b"", 2)[..]
+        &response(opcode::TOUCH, b"", &7u32.to_be_bytes(), 0, b"", 1)[..]
     );
     let out = replies(&[
         set(opcode::SET, b"tk", 7, b"v", 0),
@@ -121,7 +121,7 @@ fn touch_and_gat() {
     ]);
     assert_eq!(
         &out[24..],
-        &response(opcode::GAT, b"", &7u32.to_be_bytes(), 0, b"v", 2)[..]
+        &response(opcode::GAT, b"", &7u32.to_be_bytes(), 0, b"v", 1)[..]
     );
     assert!(replies(&[request(opcode::GATQ, b"x", &exp, &[], 0)]).is_empty());
 }
@@ -259,7 +259,15 @@ fn misc_opcodes() {
         response(opcode::VERSION, b"", b"", 0, b"1.6.18", 0),
         response(opcode::NOOP, b"", b"", 0, b"", 0),
         response(opcode::FLUSH, b"", b"", 0, b"", 0),
-        response(opcode::VERBOSITY, b"", b"", 0, b"", 0),
+        // memcached 1.6.18 does not implement binary verbosity.
+        response(
+            opcode::VERBOSITY,
+            b"",
+            b"",
+            status::UNKNOWN_COMMAND,
+            b"Unknown command",
+            0,
+        ),
     ]
     .concat();
     assert_eq!(out, expected);
@@ -337,13 +345,30 @@ fn bad_headers_close_the_connection() {
     let mut bad = request(opcode::GET, b"k", &[], &[], 0);
     bad[0] = 0x81;
     assert_eq!(decoder.decode(&bad), Err(ProtocolError::BadMagic(0x81)));
-    // A body length smaller than key plus extras.
+    // A body length smaller than key plus extras: "Unknown command", then closed.
     let mut short = request(opcode::GET, b"kk", &[], &[], 0);
     short[11] = 1;
-    assert!(matches!(
+    assert_eq!(
         decoder.decode(&short),
-        Err(ProtocolError::InvalidBinary { .. })
-    ));
+        Err(ProtocolError::BinaryBodyTooShort {
+            opcode: opcode::GET,
+            opaque: OPAQUE
+        })
+    );
+    assert_eq!(
+        run(&[short]),
+        (
+            response(
+                opcode::GET,
+                b"",
+                b"",
+                status::UNKNOWN_COMMAND,
+                b"Unknown command",
+                0
+            ),
+            true
+        )
+    );
 }
 
 #[test]

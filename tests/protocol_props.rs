@@ -156,6 +156,7 @@ fn command(spec: &Spec) -> Command<'_> {
             delta: *delta,
             initial: None,
             cas: 0,
+            touch: None,
         },
         Spec::Touch(k, exptime) => Command::Touch {
             key: key(k),
@@ -374,7 +375,7 @@ proptest! {
                 Spec::Arith(incr, k, delta) => {
                     let op = if *incr { opcode::INCREMENTQ } else { opcode::DECREMENT };
                     let initial = quiet.then_some((*delta / 2, 30));
-                    (Command::Arith { incr: *incr, key: Cow::Borrowed(&k[..]), delta: *delta, initial, cas: 0 }, op)
+                    (Command::Arith { incr: *incr, key: Cow::Borrowed(&k[..]), delta: *delta, initial, cas: 0, touch: None }, op)
                 }
                 Spec::Touch(k, exptime) => {
                     let touch = Some(i64::from(*exptime as u32));

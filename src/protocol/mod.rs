@@ -100,13 +100,22 @@ pub enum ProtocolError {
     BadMagic(u8),
     /// A binary header whose lengths do not fit its opcode: answered 0x0004 and closed.
     InvalidBinary { opcode: u8, opaque: u32 },
+    /// A binary header whose body is shorter than its key and extras: answered 0x0081 (as
+    /// memcached 1.6.18 does) and closed.
+    BinaryBodyTooShort { opcode: u8, opaque: u32 },
 }
 
 impl ProtocolError {
     /// The bytes memcached sends before closing.
     pub fn farewell(&self, out: &mut Vec<u8>) {
-        if let ProtocolError::InvalidBinary { opcode, opaque } = *self {
-            binary::write_error(out, opcode, opaque, status::EINVAL);
+        match *self {
+            ProtocolError::InvalidBinary { opcode, opaque } => {
+                binary::write_error(out, opcode, opaque, status::EINVAL)
+            }
+            ProtocolError::BinaryBodyTooShort { opcode, opaque } => {
+                binary::write_error(out, opcode, opaque, status::UNKNOWN_COMMAND)
+            }
+            _ => {}
         }
     }
 }
@@ -119,6 +128,12 @@ impl fmt::Display for ProtocolError {
             ProtocolError::BadMagic(b) => write!(f, "bad binary magic byte 0x{b:02x}"),
             ProtocolError::InvalidBinary { opcode, .. } => {
                 write!(f, "invalid binary request header for opcode 0x{opcode:02x}")
+            }
+            ProtocolError::BinaryBodyTooShort { opcode, .. } => {
+                write!(
+                    f,
+                    "binary body shorter than key and extras, opcode 0x{opcode:02x}"
+                )
             }
         }
     }
