@@ -355,8 +355,13 @@ fn shorten(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Runs every case against both servers and returns a description of each unexpected difference.
-pub fn compare_all(reference: SocketAddr, ours: SocketAddr, cases: &[Case]) -> Vec<String> {
+/// Runs every case against both servers and returns the name and a description of each
+/// unexpected difference.
+pub fn compare_all(
+    reference: SocketAddr,
+    ours: SocketAddr,
+    cases: &[Case],
+) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let mut timeouts = 0;
     for case in cases {
@@ -364,7 +369,8 @@ pub fn compare_all(reference: SocketAddr, ours: SocketAddr, cases: &[Case]) -> V
         let mine = run_case(ours, case);
         timeouts += usize::from(theirs.timed_out || mine.timed_out);
         if timeouts > 20 {
-            problems.push(format!("stopped after 20 timeouts, at case {}", case.name));
+            let report = format!("stopped after 20 timeouts, at case {}", case.name);
+            problems.push((case.name.clone(), report));
             break;
         }
         let input: Vec<u8> = case.steps.concat();
@@ -381,19 +387,20 @@ pub fn compare_all(reference: SocketAddr, ours: SocketAddr, cases: &[Case]) -> V
                 mine.timed_out,
             )
         };
-        match &case.deliberate {
-            None if theirs != mine => problems.push(report("differs")),
+        let problem = match &case.deliberate {
+            None if theirs != mine => report("differs"),
             Some((why, expected)) if mine.replies != *expected || mine.timed_out => {
-                problems.push(report(&format!(
+                report(&format!(
                     "deliberate difference ({why}) not as documented; expected ours {}",
                     show(expected, case.binary)
-                )))
+                ))
             }
-            Some((why, _)) if theirs == mine => problems.push(report(&format!(
+            Some((why, _)) if theirs == mine => report(&format!(
                 "listed as a deliberate difference ({why}) but memcached now agrees"
-            ))),
-            _ => {}
-        }
+            )),
+            _ => continue,
+        };
+        problems.push((case.name.clone(), problem));
     }
     problems
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod cases_binary;
+pub mod cases_text;
 pub mod diff;
 pub mod external;
 pub mod store;
