@@ -216,11 +216,11 @@ pub(crate) fn decode<'a>(
     }
     match name {
         b"mg" => {
-            let flags = match parse_flags(args, b"cfkstOhl", raw_key) {
+            let mut flags = match parse_flags(args, b"cfkstOhl", raw_key) {
                 Ok(flags) => flags,
                 Err(error) => return line(meta_reject(error)),
             };
-            let Some(key) = checked_key(limits, raw_key, &flags) else {
+            let Some(key) = checked_key(limits, raw_key, &mut flags) else {
                 return line(meta_reject(ErrorReply::BadCommandLine));
             };
             if flags.opaque_too_long {
@@ -238,11 +238,11 @@ pub(crate) fn decode<'a>(
         }
         b"md" | b"ma" => {
             let echoes: &[u8] = if name == b"md" { b"kO" } else { b"ckOt" };
-            let flags = match parse_flags(args, echoes, raw_key) {
+            let mut flags = match parse_flags(args, echoes, raw_key) {
                 Ok(flags) => flags,
                 Err(_) => return line(meta_reject(INVALID_OR_DUPLICATE)),
             };
-            let Some(key) = checked_key(limits, raw_key, &flags) else {
+            let Some(key) = checked_key(limits, raw_key, &mut flags) else {
                 return line(meta_reject(ErrorReply::BadCommandLine));
             };
             if flags.opaque_too_long {
@@ -297,12 +297,16 @@ pub(crate) fn decode<'a>(
 }
 
 /// The key to use: the decoded one with `b`, else the raw token; `None` if it is not a valid key.
-fn checked_key<'a>(limits: &Limits, raw_key: &'a [u8], flags: &Flags<'a>) -> Option<Cow<'a, [u8]>> {
+fn checked_key<'a>(
+    limits: &Limits,
+    raw_key: &'a [u8],
+    flags: &mut Flags<'a>,
+) -> Option<Cow<'a, [u8]>> {
     if raw_key.len() > limits.max_key {
         return None;
     }
-    match &flags.key {
-        Some(decoded) => Some(decoded.clone()),
+    match flags.key.take() {
+        Some(decoded) => Some(decoded),
         None => limits.key_ok(raw_key).then_some(Cow::Borrowed(raw_key)),
     }
 }
@@ -330,7 +334,7 @@ fn ms<'a>(
         Err(error) => return skip_data(meta_reject(error)),
     };
     flags.meta.cas_on_failure = true;
-    let Some(key) = checked_key(limits, raw_key, &flags) else {
+    let Some(key) = checked_key(limits, raw_key, &mut flags) else {
         return skip_data(meta_reject(ErrorReply::BadCommandLine));
     };
     if flags.opaque_too_long {

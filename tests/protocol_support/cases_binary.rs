@@ -569,6 +569,21 @@ fn other_cases() -> Vec<Case> {
             ],
         ),
         case(
+            "pipelined writes to one key",
+            &[
+                set(b"a", b"1"),
+                store(REPLACE, b"a", 9, 0, b"2", 0),
+                concat(APPEND, b"a", b"3", 0),
+                expiring(TOUCH, b"a", 100),
+                get(GETK, b"a"),
+                get(DELETEQ, b"a"),
+                get(GET, b"a"),
+                store(ADD, b"a", 1, 0, b"7", 0),
+                arith(INCREMENT, b"a", 1, 0, 0, 0),
+                get(GETK, b"a"),
+            ],
+        ),
+        case(
             "pipelined mix",
             &[
                 set(b"a", b"1"),
@@ -655,4 +670,3 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(every_opcode());
     cases
 }
-

@@ -362,6 +362,7 @@ fn other_cases() -> Vec<Case> {
         case("upper case", &["GET k\r\nSET k 0 0 1\r\n"]),
         case("http-like without version", &["GET /\r\n"]),
         case("many tokens", &[&format!("foo{}\r\n", " a".repeat(30))]),
+        case("pipelined writes to one key", &["set a 0 0 1\r\n1\r\nappend a 0 0 1\r\n2\r\nprepend a 0 0 1\r\n0\r\nreplace a 3 0 3\r\nxyz\r\ntouch a 100\r\ngets a\r\ndelete a\r\nget a\r\nadd a 0 0 1\r\n5\r\nincr a 2\r\nget a\r\n"]),
         case(
             "pipelined mix",
             &["set a 0 0 1\r\n1\r\nget a\r\nincr a 2\r\ndelete a\r\nget a\r\nversion\r\n"],
@@ -568,4 +569,3 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(meta_cases());
     cases
 }
-

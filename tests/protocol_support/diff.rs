@@ -33,6 +33,8 @@ pub struct Case {
     pub deliberate: Option<(&'static str, Vec<u8>)>,
     /// How long a reply may take; short for the few inputs memcached never answers.
     pub timeout: Duration,
+    /// Send each step one byte per write, so the server reads requests in pieces.
+    pub byte_by_byte: bool,
 }
 
 impl Case {
@@ -48,6 +50,7 @@ impl Case {
             closes: false,
             deliberate: None,
             timeout: REPLY_TIMEOUT,
+            byte_by_byte: false,
         }
     }
 
@@ -65,6 +68,12 @@ impl Case {
 
     pub fn deliberate(mut self, why: &'static str, ours: &[u8]) -> Case {
         self.deliberate = Some((why, ours.to_vec()));
+        self
+    }
+
+    /// The same case sent one byte per write.
+    pub fn byte_by_byte(mut self) -> Case {
+        self.byte_by_byte = true;
         self
     }
 
@@ -105,7 +114,12 @@ pub fn run_case(addr: SocketAddr, case: &Case) -> Transcript {
         if with_sentinel {
             input.extend_from_slice(&sentinel_request(case.binary));
         }
-        if stream.write_all(&input).is_err() {
+        let written = if case.byte_by_byte {
+            input.chunks(1).try_for_each(|byte| stream.write_all(byte))
+        } else {
+            stream.write_all(&input)
+        };
+        if written.is_err() {
             closed = true;
             break;
         }
@@ -403,4 +417,50 @@ pub fn compare_all(
         problems.push((case.name.clone(), problem));
     }
     problems
+}
+
+/// Where two transcripts first differ, as the differing frame or line of each (for assertions
+/// on long transcripts, whose full text would drown the failure).
+pub fn first_difference(a: &Transcript, b: &Transcript, binary: bool) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let units = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            let len = if binary && rest.len() >= 24 {
+                24 + u32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize
+            } else if binary {
+                rest.len()
+            } else {
+                rest.iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(rest.len(), |i| i + 1)
+            };
+            let len = len.min(rest.len());
+            out.push(rest[..len].to_vec());
+            at += len;
+        }
+        out
+    };
+    let (left, right) = (units(&a.replies), units(&b.replies));
+    let index = left
+        .iter()
+        .zip(&right)
+        .position(|(l, r)| l != r)
+        .unwrap_or(left.len().min(right.len()));
+    let empty = Vec::new();
+    Some(format!(
+        "unit {index} of {}/{}: {} vs {} (closed {}/{}, timeout {}/{})",
+        left.len(),
+        right.len(),
+        show(left.get(index).unwrap_or(&empty), binary),
+        show(right.get(index).unwrap_or(&empty), binary),
+        a.closed,
+        b.closed,
+        a.timed_out,
+        b.timed_out
+    ))
 }

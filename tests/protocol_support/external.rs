@@ -102,3 +102,28 @@ impl Drop for Memcached {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `memccapable -h 127.0.0.1 -p PORT` (27 ascii and 27 binary checks; it flushes the server)
+/// and panics unless all 54 pass. `None` if memccapable is missing and `KUMO_SKIP_EXTERNAL=1`.
+pub fn memccapable_passes(port: u16) -> Option<String> {
+    let program = required_program("/usr/bin/memccapable", "libmemcached-tools")?;
+    let out = Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "10"])
+        .output()
+        .expect("run memccapable");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("[pass]"))
+        .count();
+    let failed: Vec<&str> = text.lines().filter(|l| l.contains("[FAIL]")).collect();
+    assert!(
+        failed.is_empty() && passed == 54 && text.contains("All tests passed"),
+        "memccapable passed {passed} of 54; failures {failed:#?}\n{text}"
+    );
+    Some(text)
+}

@@ -8,6 +8,7 @@ pub mod cases_binary;
 pub mod cases_text;
 pub mod diff;
 pub mod external;
+pub mod pipelines;
 pub mod store;
 
 pub use store::{execute, Store};
