@@ -510,3 +510,91 @@ fn async_binary_replies_in_any_order_match_by_opaque() {
     }
     assert_eq!(seen, [(3, b'c', b'c'), (1, b'a', b'a'), (2, b'b', b'b')]);
 }
+
+#[test]
+fn add_and_replace_with_a_cas_are_compare_and_swap() {
+    // memcached turns any store with a CAS into a compare-and-swap: an add of a missing key with
+    // a CAS answers "Not found", an add of an existing one with its CAS stores.
+    let out = replies(&[
+        set(opcode::ADD, b"k", 0, b"v", 5),
+        set(opcode::SET, b"k", 0, b"v", 0),
+        set(opcode::ADD, b"k", 0, b"w", 2),
+        set(opcode::REPLACE, b"k", 0, b"x", 2),
+    ]);
+    // (The test store spends a CAS on every store, failed or not.)
+    let expected = [
+        response(opcode::ADD, b"", b"", status::KEY_ENOENT, b"Not found", 0),
+        response(opcode::SET, b"", b"", 0, b"", 2),
+        response(opcode::ADD, b"", b"", 0, b"", 3),
+        response(
+            opcode::REPLACE,
+            b"",
+            b"",
+            status::KEY_EEXISTS,
+            b"Data exists for key.",
+            0,
+        ),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn incr_and_delete_compare_the_cas() {
+    let mut cas_incr = request(opcode::INCREMENT, b"n", &[0; 20], &[], 99);
+    cas_incr[31] = 1;
+    let out = replies(&[
+        set(opcode::SET, b"n", 0, b"5", 0),
+        cas_incr,
+        request(opcode::DELETE, b"n", &[], &[], 99),
+        request(opcode::DELETE, b"n", &[], &[], 1),
+    ]);
+    let exists = |op| {
+        response(
+            op,
+            b"",
+            b"",
+            status::KEY_EEXISTS,
+            b"Data exists for key.",
+            0,
+        )
+    };
+    let expected = [
+        response(opcode::SET, b"", b"", 0, b"", 1),
+        exists(opcode::INCREMENT),
+        exists(opcode::DELETE),
+        response(opcode::DELETE, b"", b"", 0, b"", 0),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn sasl_lengths_are_checked_then_answered_unknown() {
+    let einval = |op| response(op, b"", b"", status::EINVAL, b"Invalid arguments", 0);
+    let unknown = |op| response(op, b"", b"", status::UNKNOWN_COMMAND, b"Unknown command", 0);
+    assert_eq!(
+        run(&[request(opcode::SASL_LIST_MECHS, b"k", &[], &[], 0)]),
+        (einval(opcode::SASL_LIST_MECHS), true)
+    );
+    assert_eq!(
+        run(&[request(opcode::SASL_AUTH, b"", &[], &[], 0)]),
+        (einval(opcode::SASL_AUTH), true)
+    );
+    assert_eq!(
+        run(&[request(opcode::SASL_STEP, b"PLAIN", &[0; 4], b"x", 0)]),
+        (einval(opcode::SASL_STEP), true)
+    );
+    let out = replies(&[
+        request(opcode::SASL_AUTH, b"PLAIN", &[], b"\0user\0pass", 0),
+        request(opcode::NOOP, b"", &[], &[], 0),
+    ]);
+    assert_eq!(
+        out,
+        [
+            unknown(opcode::SASL_AUTH),
+            response(opcode::NOOP, b"", b"", 0, b"", 0)
+        ]
+        .concat()
+    );
+}

@@ -164,3 +164,17 @@ fn a_request_split_across_writes_is_answered_once_complete() {
     stream.read_exact(&mut got).unwrap();
     assert_eq!(got, want);
 }
+
+/// A conformance test must fail, not pass silently, when its external program is missing:
+/// only `KUMO_SKIP_EXTERNAL=1` turns that into a skip.
+#[test]
+fn a_missing_external_program_fails_the_test() {
+    let missing = std::panic::catch_unwind(|| {
+        protocol_support::external::required_program("/nonexistent/memccapable", "nothing")
+    });
+    if std::env::var("KUMO_SKIP_EXTERNAL").as_deref() == Ok("1") {
+        assert!(matches!(missing, Ok(None)));
+    } else {
+        assert!(missing.is_err(), "a missing program must fail the test");
+    }
+}
