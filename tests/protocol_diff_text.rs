@@ -73,6 +73,10 @@ fn stats_have_the_same_shape() {
         "stats sizes",
         "stats conns",
         "stats detail dump",
+        "stats settings x",
+        "stats items x",
+        "stats slabs x",
+        "stats conns x",
     ] {
         let case = case(group, &[&format!("{group}\r\n")]);
         let theirs = stats_shape(&run_case(memcached.addr, &case).replies);

@@ -309,6 +309,9 @@ impl TextDecoder {
                 None if noreply => with(Command::Verbosity { level: 0 }, true),
                 None => reject(ErrorReply::BadCommandLine),
             },
+            (b"stats", _) if stats_usage_error(args).is_some() => {
+                reject(stats_usage_error(args).unwrap_or(ErrorReply::UnknownCommand))
+            }
             (b"stats", _) if StatsGroup::parse(rest).is_none() => {
                 reject(ErrorReply::UnknownCommand)
             }
@@ -321,6 +324,22 @@ impl TextDecoder {
             (b"quit", _) => with(Command::Quit, false),
             _ => reject(ErrorReply::UnknownCommand),
         }
+    }
+}
+
+/// The errors memcached gives the two `stats` sub-commands that take arguments.
+fn stats_usage_error(args: &[&[u8]]) -> Option<ErrorReply> {
+    match args {
+        [b"detail"] | [b"detail", ..]
+            if !matches!(args.get(1), Some(&(b"on" | b"off" | b"dump"))) =>
+        {
+            Some(ErrorReply::Client("usage: stats detail on|off|dump"))
+        }
+        [b"cachedump"] | [b"cachedump", _] => Some(ErrorReply::Client("bad command line")),
+        [b"cachedump", id, limit, ..] if parse_u32(id).is_none() || parse_u32(limit).is_none() => {
+            Some(ErrorReply::BadCommandLine)
+        }
+        _ => None,
     }
 }
 

@@ -142,34 +142,38 @@ pub enum StatsGroup {
     Settings,
     Items,
     Slabs,
+    /// `sizes`, and `sizes_enable`/`sizes_disable` (kumofs keeps no size histogram).
     Sizes,
     Conns,
     /// Answered `RESET` ([`Reply::Reset`]).
     Reset,
     /// `detail on|off`, answered `OK`.
     Detail(bool),
-    /// `detail dump`, answered with an empty list.
+    /// Answered with an empty list (`END`): `detail dump`, and `cachedump <class> <limit>` and
+    /// `extstore`, which kumofs (no slab classes, no external storage) has nothing to list for.
     DetailDump,
 }
 
 impl StatsGroup {
-    /// None for a group memcached answers `ERROR` to.
+    /// None for a group memcached answers `ERROR` to. As in memcached, words after a group name
+    /// are ignored, except for `detail` (whose usage errors the text decoder answers itself).
     pub fn parse(sub: &[u8]) -> Option<StatsGroup> {
         let mut words = sub.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let group = match (words.next(), words.next()) {
             (None, _) => StatsGroup::General,
-            (Some(b"settings"), None) => StatsGroup::Settings,
-            (Some(b"items"), None) => StatsGroup::Items,
-            (Some(b"slabs"), None) => StatsGroup::Slabs,
-            (Some(b"sizes"), None) => StatsGroup::Sizes,
-            (Some(b"conns"), None) => StatsGroup::Conns,
-            (Some(b"reset"), None) => StatsGroup::Reset,
+            (Some(b"settings"), _) => StatsGroup::Settings,
+            (Some(b"items"), _) => StatsGroup::Items,
+            (Some(b"slabs"), _) => StatsGroup::Slabs,
+            (Some(b"sizes" | b"sizes_enable" | b"sizes_disable"), _) => StatsGroup::Sizes,
+            (Some(b"conns"), _) => StatsGroup::Conns,
+            (Some(b"reset"), _) => StatsGroup::Reset,
             (Some(b"detail"), Some(b"on")) => StatsGroup::Detail(true),
             (Some(b"detail"), Some(b"off")) => StatsGroup::Detail(false),
             (Some(b"detail"), Some(b"dump")) => StatsGroup::DetailDump,
+            (Some(b"cachedump" | b"extstore"), _) => StatsGroup::DetailDump,
             _ => return None,
         };
-        words.next().is_none().then_some(group)
+        Some(group)
     }
 }
 
