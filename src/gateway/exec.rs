@@ -103,6 +103,7 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
             delta,
             initial,
             cas: _,
+            touch: _,
         } => {
             Counters::bump(&c.cmd_arith);
             let op = match incr {
