@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rebalance::{Rebalance, RebalanceRun};
 use super::table::TableSpec;
-use crate::ring::{RingError, RoutingTable};
+use crate::ring::{RingError, RoutingTable, MAX_NODES};
 use crate::rpc::messages::{BackupOrder, BackupReport, BackupState, RoutingSnapshot};
 
 /// What a server tells the managers about itself in its keepalives; every client needs it.
@@ -209,8 +209,14 @@ impl ClusterState {
                     "{name} table is not sorted or lists a server twice"
                 ));
             }
-            RoutingTable::new(table.version, table.nodes.clone())
-                .map_err(|e| format!("{name} table: {e}"))?;
+            // With no address twice, the size is the only thing that could stop a ring being
+            // built (checked without building one: this runs on every pair sync).
+            if table.nodes.len() > MAX_NODES {
+                return Err(format!(
+                    "{name} table has {} servers, at most {MAX_NODES} allowed",
+                    table.nodes.len()
+                ));
+            }
         }
         if !self.servers.windows(2).all(|w| w[0].addr < w[1].addr) {
             return Err("server list is not sorted or lists a server twice".into());
