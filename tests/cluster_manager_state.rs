@@ -36,6 +36,9 @@ fn the_state_survives_a_restart() {
     );
     let out = run_tool("kumoctl", &[mgr.to_string(), "enable-auto-replace".into()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "true\n");
+    wait_until("the horizon to move", Duration::from_secs(10), || {
+        status(mgr).is_some_and(|r| r.gc_horizon > 0)
+    });
     let before = status(mgr).unwrap();
     assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
     assert!(dir.path().join(file_name(mgr)).exists());
