@@ -341,7 +341,7 @@ impl Sim {
                 .routing
                 .rebalance
                 .as_ref()
-                .map_or(true, |r| r.phase == Phase::Dropping);
+                .is_none_or(|r| r.phase == Phase::Dropping);
         if !switched {
             return;
         }
@@ -417,10 +417,10 @@ impl Sim {
             if self.mgrs[i].m.is_none() {
                 continue;
             }
-            if (self.now - self.mgrs[i].born) % TICK == 0 {
+            if (self.now - self.mgrs[i].born).is_multiple_of(TICK) {
                 self.decide(i, "tick", |m, now| m.tick(now));
             }
-            if (self.now - self.mgrs[i].born) % SYNC == 0 {
+            if (self.now - self.mgrs[i].born).is_multiple_of(SYNC) {
                 self.sync(i, 1 - i, false);
             }
         }

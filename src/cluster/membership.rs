@@ -138,6 +138,8 @@ pub struct Membership {
     liveness: Liveness,
     pair: Option<Pair>,
     auto: AutoReplace,
+    /// The newest routing epoch a server said it holds, and which server.
+    newest_server_epoch: (u64, Option<SocketAddr>),
 }
 
 impl Membership {
@@ -176,6 +178,7 @@ impl Membership {
             liveness,
             pair,
             auto: AutoReplace::default(),
+            newest_server_epoch: (0, None),
         };
         if m.config.auto_replace && !m.state.auto_replace.value {
             let stamp = m.hlc.now(now.wall_ms);
@@ -236,7 +239,11 @@ impl Membership {
     /// A server's keepalive.
     pub fn keepalive(&mut self, ka: KeepAlive, now: Now) {
         // A corrupt or hostile epoch is not taken in; the keepalive still counts.
-        let _ = self.hlc.observe(ka.routing_version, now.wall_ms);
+        if self.hlc.observe(ka.routing_version, now.wall_ms).is_ok()
+            && ka.routing_version > self.newest_server_epoch.0
+        {
+            self.newest_server_epoch = (ka.routing_version, Some(ka.addr));
+        }
         self.liveness
             .heard(ka.addr, ka.info, ka.progress, now.mono_ms);
         if self.role(now) == Role::Leader {
@@ -577,14 +584,14 @@ impl Membership {
                 .all(|(a, s)| *s == NodeState::Active && self.liveness.confirmed(*a, now.mono_ms))
     }
 
-    /// Moves the horizon to `now - gc_lag` in steps of a twelfth of the lag (at least a second),
-    /// so the snapshot does not change on every tick.
+    /// Moves the horizon to `now - gc_lag` in steps of a sixth of the lag (at least a second): each
+    /// step is a new snapshot that every server and gateway fetches, so not on every tick.
     fn advance_horizon(&mut self, now: Now) {
         if !self.horizon_may_advance(now) {
             return;
         }
         let candidate = version_at(now.wall_ms.saturating_sub(self.config.gc_lag_ms));
-        let step = version_at((self.config.gc_lag_ms / 12).max(1000));
+        let step = version_at((self.config.gc_lag_ms / 6).max(1000));
         if candidate >= self.state.gc_horizon.saturating_add(step) {
             self.state.gc_horizon = candidate;
             self.touch(now);
@@ -594,6 +601,20 @@ impl Membership {
     /// What `kumoctl status` shows.
     pub fn status(&self, now: Now) -> StatusReport {
         super::status::report(self, now)
+    }
+
+    /// A manager with no routing table hearing from a server that has one: its state file was
+    /// lost (and the partner, if any, did not bring the state).
+    pub fn stale_warning(&self) -> Option<String> {
+        let (epoch, server) = self.newest_server_epoch;
+        let server = server?;
+        (self.state.routing.write.version == 0 && epoch > 0).then(|| {
+            format!(
+                "server {server} has routing tables (epoch {epoch}) but this manager has none: its \
+                 state file is missing. `attach` now builds new tables from scratch; restore the \
+                 state file (or start the partner) first if the cluster holds data"
+            )
+        })
     }
 }
 

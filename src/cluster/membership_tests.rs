@@ -371,7 +371,7 @@ fn horizon_advances_only_when_settled_and_everyone_is_heard() {
     let h = m.state().gc_horizon;
     assert_eq!(h, version_at(T0 + 10_004 - 5000));
     // Small steps are skipped so the snapshot does not change on every tick.
-    heartbeat(&mut m, 10_500, &[1, 2]);
+    heartbeat(&mut m, 10_800, &[1, 2]);
     assert_eq!(m.state().gc_horizon, h);
     heartbeat(&mut m, 11_100, &[1, 2]);
     assert!(m.state().gc_horizon > h);
@@ -550,4 +550,32 @@ fn a_split_pair_joins_to_the_newest_tables() {
     assert_eq!(a.state().routing, newest);
     assert_eq!(a.state(), b.state());
     assert!(a.state().epoch > ea.max(eb) || a.state().epoch == eb);
+}
+
+#[test]
+fn a_manager_older_than_the_servers_says_so() {
+    let mut m = machine();
+    ka(&mut m, 1, 0);
+    assert_eq!(m.stale_warning(), None);
+    m.keepalive(
+        KeepAlive {
+            addr: addr(2),
+            info: ServerInfo {
+                shards: 1,
+                stream_port: 1,
+            },
+            routing_version: version_at(T0) + 99,
+            progress: None,
+        },
+        at(1),
+    );
+    let warning = m.stale_warning().unwrap();
+    assert!(
+        warning.contains("127.0.0.1:19802 has routing tables"),
+        "{warning}"
+    );
+    assert_eq!(m.status(at(1)).warnings, vec![warning]);
+    // Once this manager has tables (here: a deliberate new start), the warning goes.
+    run(&mut m, Command::Attach { replace: false }, 2);
+    assert_eq!(m.stale_warning(), None);
 }

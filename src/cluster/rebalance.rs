@@ -75,7 +75,7 @@ pub struct Stamper<'a> {
 
 impl Stamper<'_> {
     /// A version newer than every version seen so far.
-    pub fn next(&mut self) -> u64 {
+    pub fn fresh(&mut self) -> u64 {
         self.hlc.now(self.wall_ms)
     }
 }
@@ -89,7 +89,7 @@ pub fn copy_participants(write: &TableSpec, read: &TableSpec) -> BTreeSet<Socket
 /// Starts a rebalance towards the current write table, replacing any running one. The write table
 /// gets a new version, which is the copy phase's target.
 pub fn start(routing: &mut RoutingState, full: bool, reason: String, stamp: &mut Stamper<'_>) {
-    let target = stamp.next();
+    let target = stamp.fresh();
     routing.write.version = target;
     let waiting = copy_participants(&routing.write, &routing.read);
     routing.rebalance = Some(Rebalance {
@@ -165,7 +165,7 @@ fn advance(routing: &mut RoutingState, stamp: &mut Stamper<'_>) {
             Phase::Copying => {
                 // Every participant copied: reads switch, under a new target for the drop phase so
                 // that a late copy report is never taken for a drop report.
-                let target = stamp.next();
+                let target = stamp.fresh();
                 routing.write.version = target;
                 routing.read = routing.write.clone();
                 r.phase = Phase::Dropping;
@@ -260,7 +260,7 @@ mod tests {
         // Server 3 is lost: the caller marks it fault and gives the tables a new version.
         r.write.set(addr(3), NodeState::Fault);
         r.read.set(addr(3), NodeState::Fault);
-        r.write.version = s.next();
+        r.write.version = s.fresh();
         restart_phase(&mut r, "lost 127.0.0.1:19803".into(), 2000, &mut s);
         let reb = r.rebalance.clone().unwrap();
         assert!(reb.target > first);

@@ -105,6 +105,6 @@ pub(super) fn report(m: &Membership, now: Now) -> StatusReport {
         epoch: state.epoch,
         gc_horizon: state.gc_horizon,
         backup: state.backup.clone(),
-        warnings: Vec::new(),
+        warnings: m.stale_warning().into_iter().collect(),
     }
 }

@@ -149,7 +149,7 @@ impl ManagerService {
                 if let Some(e) = &*self.store_error.borrow() {
                     report.warnings.push(e.clone());
                 }
-                ManagerResponse::Status(report)
+                ManagerResponse::Status(Box::new(report))
             }
             ManagerRequest::Attach { replace } => self.command(Command::Attach { replace }).await,
             ManagerRequest::Detach { replace } => self.command(Command::Detach { replace }).await,

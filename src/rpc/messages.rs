@@ -293,7 +293,7 @@ pub enum ManagerResponse {
     /// The caller already has the newest routing.
     UpToDate,
     Routing(RoutingSnapshot),
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     AutoReplace(bool),
     Error(String),
     /// Answer to `Backup` and `BackupStatus`.

@@ -62,7 +62,7 @@ pub fn manager_addr() -> SocketAddr {
 /// The manager's status, or `None` if it does not answer.
 pub fn status(manager: SocketAddr) -> Option<StatusReport> {
     match blocking::call(manager, &ManagerRequest::Status, Duration::from_secs(5)) {
-        Ok(ManagerResponse::Status(report)) => Some(report),
+        Ok(ManagerResponse::Status(report)) => Some(*report),
         _ => None,
     }
 }
