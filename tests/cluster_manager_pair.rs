@@ -294,3 +294,142 @@ fn tutorial_pair_survives_losing_and_restarting_managers() {
     assert_eq!(errors, Vec::<String>::new(), "{}", logs());
     assert!(acknowledged > 350);
 }
+
+/// Starts two managers, `servers` servers and a gateway; returns everything to keep alive.
+struct PairCluster {
+    dir: tempfile::TempDir,
+    managers: [SocketAddr; 2],
+    daemons: [Option<Daemon>; 2],
+    _servers: Vec<Daemon>,
+    _gateway: Daemon,
+    text: SocketAddr,
+}
+
+impl PairCluster {
+    fn start(servers: usize) -> PairCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let managers = [manager_addr(), manager_addr()];
+        let daemons = [0, 1].map(|i| {
+            let state = dir.path().join(format!("m{i}"));
+            Some(start_manager(
+                dir.path(),
+                &format!("manager{i}"),
+                managers[i],
+                Some(managers[1 - i]),
+                &state,
+                TIMING,
+            ))
+        });
+        let mut server_daemons = Vec::new();
+        for n in 0..servers {
+            let addr = local(free_port());
+            let args: Vec<String> = [
+                "-l",
+                &addr.to_string(),
+                "-L",
+                &free_port().to_string(),
+                "-m",
+                &managers[0].to_string(),
+                "-p",
+                &managers[1].to_string(),
+                "-s",
+                &dir.path().join(format!("db{n}")).display().to_string(),
+                "--cpus",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let name = format!("server{n}");
+            server_daemons.push(Daemon::spawn(&name, &bin("kumo-server"), &args, dir.path()));
+            wait_for_port(addr);
+        }
+        wait_until("servers heard", WAIT, || {
+            status(managers[0]).is_some_and(|r| r.not_attached.len() == servers)
+        });
+        kumoctl(managers[0], &["attach"]);
+        wait_until("attached", WAIT, || {
+            status(managers[1]).is_some_and(|r| settled_with(&r, servers))
+        });
+        let text = local(free_port());
+        let args: Vec<String> = [
+            "-m",
+            &managers[0].to_string(),
+            "-p",
+            &managers[1].to_string(),
+            "-t",
+            &text.to_string(),
+            "--cpus",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let gateway = Daemon::spawn("gateway", &bin("kumo-gateway"), &args, dir.path());
+        wait_for_port(text);
+        PairCluster {
+            dir,
+            managers,
+            daemons,
+            _servers: server_daemons,
+            _gateway: gateway,
+            text,
+        }
+    }
+
+    fn restart(&mut self, i: usize, cycle: usize) {
+        let state = self.dir.path().join(format!("m{i}"));
+        self.daemons[i] = Some(start_manager(
+            self.dir.path(),
+            &format!("manager{i}-{cycle}"),
+            self.managers[i],
+            Some(self.managers[1 - i]),
+            &state,
+            TIMING,
+        ));
+    }
+}
+
+/// Many rounds of killing one manager (or both), changing the cluster through the survivor, and
+/// restarting, under a client that must never see an error. `make test-heavy` runs it.
+#[test]
+#[ignore = "long: run with --include-ignored (make test-heavy)"]
+fn managers_killed_and_restarted_in_a_loop() {
+    let mut cluster = PairCluster::start(3);
+    let writer = Writer::start(cluster.text);
+    writer.wait_for_progress(50, "first writes");
+    let rounds = 20;
+    for cycle in 0..rounds {
+        let victim = cycle % 2;
+        let survivor = cluster.managers[1 - victim];
+        if let Some(mut d) = cluster.daemons[victim].take() {
+            d.kill();
+        }
+        if cycle % 5 == 4 {
+            // Both at once: the cluster serves without managers, then both come back.
+            if let Some(mut d) = cluster.daemons[1 - victim].take() {
+                d.kill();
+            }
+            writer.wait_for_progress(50, "writes without managers");
+            cluster.restart(1 - victim, cycle);
+        } else {
+            wait_until("the survivor to drive", WAIT, || {
+                status(survivor).is_some_and(|r| r.role == Role::Leader)
+            });
+            kumoctl(survivor, &["replace"]);
+        }
+        cluster.restart(victim, cycle);
+        let [a, b] = cluster.managers;
+        wait_until("the pair to converge and settle", WAIT, || {
+            match (status(a), status(b)) {
+                (Some(x), Some(y)) => x.epoch == y.epoch && settled_with(&x, 3),
+                _ => false,
+            }
+        });
+        writer.wait_for_progress(30, "writes after the round");
+        assert_eq!(writer.errors(), Vec::<String>::new(), "round {cycle}");
+    }
+    let (acknowledged, errors) = writer.finish();
+    assert_eq!(errors, Vec::<String>::new());
+    println!("{rounds} rounds, {acknowledged} acknowledged sets, no error");
+}
