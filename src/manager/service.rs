@@ -172,7 +172,7 @@ impl ManagerService {
                         // snapshot stops listing it, so a lost forward costs nothing.
                         let service = self.clone();
                         crate::runtime::spawn(async move {
-                            let _ = service.forward(command, false).await;
+                            let _ = service.forward(command, Forwarding::Report).await;
                         });
                         ManagerResponse::Ok
                     }
@@ -244,14 +244,12 @@ impl ManagerService {
                 self.publish();
                 to_response(reply)
             }
-            Outcome::Forward => self.forward(command, true).await,
+            Outcome::Forward => self.forward(command, Forwarding::Operator).await,
         }
     }
 
-    /// Sends `command` to the partner; if it cannot be reached, runs it here. With `then_sync`, the
-    /// partner's resulting state is fetched before answering, so a status asked of this manager
-    /// right after shows the command's effect.
-    async fn forward(self: &Rc<Self>, command: Command, then_sync: bool) -> ManagerResponse {
+    /// Sends `command` to the driving partner.
+    async fn forward(self: &Rc<Self>, command: Command, how: Forwarding) -> ManagerResponse {
         let Some(partner) = &self.partner else {
             return ManagerResponse::Error("internal: no partner to forward to".into());
         };
@@ -266,11 +264,15 @@ impl ManagerService {
                 | ManagerResponse::Backup(_)
                 | ManagerResponse::Error(_)),
             ) => {
-                if then_sync {
+                if how == Forwarding::Operator {
                     super::partner::sync_once(self, partner).await;
                 }
                 response
             }
+            other if how == Forwarding::Report => ManagerResponse::Error(format!(
+                "the driving manager {} did not take the report ({other:?}); send it again",
+                partner.addr()
+            )),
             other => {
                 crate::warn!(
                     "manager: the partner {} did not run {command:?} ({other:?}); running it here",
@@ -324,6 +326,18 @@ impl ManagerService {
             }
         }
     }
+}
+
+/// Why a command is forwarded, which decides what happens when the partner does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// From kumoctl: if the partner does not answer, the command runs here (this manager drives
+    /// soon anyway), and after it the partner's state is fetched, so a status asked of this manager
+    /// right after shows the command's effect.
+    Operator,
+    /// A server's report: dropped if the partner does not answer (the server repeats it until the
+    /// snapshot shows it), so two managers never both decide on the same rebalance step.
+    Report,
 }
 
 fn to_response(reply: Reply) -> ManagerResponse {
