@@ -300,6 +300,8 @@ impl Membership {
     }
 
     fn attach(&mut self, replace: bool, now: Now) -> Reply {
+        // Shard counts and stream ports of servers only the partner heard, before they route.
+        self.learn_from_partner(now);
         let new: Vec<SocketAddr> = self
             .liveness
             .confirmed_servers(now.mono_ms)
