@@ -57,7 +57,7 @@ fn wait_status(
     what: &str,
     cond: impl Fn(&kumofs::cluster::membership::StatusReport) -> bool,
 ) {
-    wait_until(what, Duration::from_secs(20), || {
+    wait_until(what, Duration::from_secs(40), || {
         status(s.manager).is_some_and(|r| cond(&r))
     });
 }

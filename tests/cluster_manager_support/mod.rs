@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kumofs::cluster::membership::{Phase, StatusReport};
-use kumofs::rpc::blocking;
+use kumofs::rpc::blocking::{self, BlockingClient};
 use kumofs::rpc::messages::{
     BackupState, ManagerRequest, ManagerResponse, PhaseProgress, RoutingSnapshot,
 };
@@ -23,8 +23,8 @@ pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Starts `kumo-manager -v -l ADDR [-p PARTNER] -s DIR -Ys 0.25 -Yn 4 EXTRA...` and waits for its
-/// port. Fault detection takes one second, so tests that lose a server or a manager stay short.
+/// Starts `kumo-manager -v -l ADDR [-p PARTNER] -s DIR -Ys 0.5 -Yn 4 EXTRA...` and waits for its
+/// port. Fault detection takes two seconds: short tests, yet no false alarm on a loaded machine.
 pub fn start_manager(
     log_dir: &Path,
     name: &str,
@@ -40,7 +40,7 @@ pub fn start_manager(
         "-s".into(),
         state_dir.display().to_string(),
         "-Ys".into(),
-        "0.25".into(),
+        "0.5".into(),
         "-Yn".into(),
         "4".into(),
     ];
@@ -134,8 +134,21 @@ impl Drop for FakeServer {
     }
 }
 
-fn call(manager: SocketAddr, request: &ManagerRequest) -> Option<ManagerResponse> {
-    blocking::call(manager, request, Duration::from_millis(500)).ok()
+/// One connection per manager, kept open (as a real server does) and reopened after an error.
+struct Links(Vec<(SocketAddr, Option<BlockingClient>)>);
+
+impl Links {
+    fn call(&mut self, manager: SocketAddr, request: &ManagerRequest) -> Option<ManagerResponse> {
+        let (_, link) = self.0.iter_mut().find(|(a, _)| *a == manager)?;
+        if link.is_none() {
+            *link = BlockingClient::connect(manager, Duration::from_millis(500)).ok();
+        }
+        let answer = link.as_mut()?.call(request);
+        if answer.is_err() {
+            *link = None;
+        }
+        answer.ok()
+    }
 }
 
 fn run(
@@ -146,6 +159,7 @@ fn run(
     stop: Arc<AtomicBool>,
 ) {
     let mut backups_done = Vec::new();
+    let mut links = Links(managers.iter().map(|m| (*m, None)).collect());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         let b = behaviour.lock().unwrap().clone();
@@ -173,7 +187,7 @@ fn run(
                 routing_version: snapshot.lock().unwrap().epoch,
                 progress: progress.clone(),
             };
-            if let Some(ManagerResponse::Routing(newer)) = call(*manager, &keepalive) {
+            if let Some(ManagerResponse::Routing(newer)) = links.call(*manager, &keepalive) {
                 let mut held = snapshot.lock().unwrap();
                 if newer.epoch > held.epoch {
                     *held = newer;
@@ -184,7 +198,7 @@ fn run(
         if let Some(r) = &current.rebalance {
             if b.finish_phases && r.waiting.contains(&addr) {
                 for manager in &managers {
-                    call(
+                    links.call(
                         *manager,
                         &ManagerRequest::PhaseDone {
                             addr,
@@ -210,7 +224,7 @@ fn run(
                         id: order.id,
                         state: state.clone(),
                     };
-                    reported |= matches!(call(*manager, &request), Some(ManagerResponse::Ok));
+                    reported |= matches!(links.call(*manager, &request), Some(ManagerResponse::Ok));
                 }
                 if reported {
                     backups_done.push(order.id);
