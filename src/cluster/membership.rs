@@ -320,7 +320,7 @@ impl Membership {
             self.state.routing.write = write;
             self.routing_changed(now);
         }
-        if replace && (!new.is_empty() || !self.state.routing.is_settled()) {
+        if replace && (!new.is_empty() || self.needs_rebalance()) {
             self.start_rebalance(false, format!("attach {}", list(&new)), now);
         }
         Reply::Ok
@@ -334,10 +334,17 @@ impl Membership {
             write.version = self.hlc.now(now.wall_ms);
             self.routing_changed(now);
         }
-        if replace && (!gone.is_empty() || !self.state.routing.is_settled()) {
+        if replace && (!gone.is_empty() || self.needs_rebalance()) {
             self.start_rebalance(false, format!("detach {}", list(&gone)), now);
         }
         Reply::Ok
+    }
+
+    /// Reads follow another table than writes and nothing is moving data: a change made without
+    /// a rebalance (`attach-noreplace`), or by the partner. A running rebalance is left alone.
+    fn needs_rebalance(&self) -> bool {
+        let routing = &self.state.routing;
+        routing.rebalance.is_none() && routing.write != routing.read
     }
 
     fn start_rebalance(&mut self, full: bool, reason: String, now: Now) {
@@ -564,9 +571,10 @@ impl Membership {
         if self.auto.now || self.auto.due_ms.is_some_and(|due| now.mono_ms >= due) {
             self.auto.due_ms = None;
             self.auto.now = false;
+            let before = self.state.routing.write.version;
             self.attach(false, now);
             self.detach(false, now);
-            if !self.state.routing.is_settled() {
+            if before != self.state.routing.write.version || self.needs_rebalance() {
                 self.start_rebalance(false, "auto-replace".into(), now);
             }
         }

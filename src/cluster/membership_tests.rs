@@ -579,3 +579,24 @@ fn a_manager_older_than_the_servers_says_so() {
     run(&mut m, Command::Attach { replace: false }, 2);
     assert_eq!(m.stale_warning(), None);
 }
+
+#[test]
+fn attach_with_nothing_new_leaves_a_running_rebalance_alone() {
+    let mut m = machine();
+    for n in 1..=3 {
+        ka(&mut m, n, 0);
+    }
+    run(&mut m, Command::Attach { replace: true }, 1);
+    done_all(&mut m, 2);
+    let dropping = routing(&m).rebalance.clone().unwrap();
+    assert_eq!(dropping.phase, Phase::Dropping);
+    run(&mut m, Command::Attach { replace: true }, 3);
+    run(&mut m, Command::Detach { replace: true }, 3);
+    assert_eq!(routing(&m).rebalance.as_ref(), Some(&dropping));
+    // An explicit replace restarts it.
+    run(&mut m, Command::Replace { full: false }, 4);
+    assert_eq!(
+        routing(&m).rebalance.as_ref().unwrap().phase,
+        Phase::Copying
+    );
+}
