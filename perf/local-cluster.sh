@@ -41,7 +41,7 @@ wait_port() { # host port
   exit 1
 }
 
-start manager "$BIN/kumo-manager" -v -l "$MGR"
+start manager "$BIN/kumo-manager" -v -l "$MGR" -s "$RUN"
 wait_port $HOST 19700
 for i in 1 2 3; do
   start "server$i" "$BIN/kumo-server" -v -m "$MGR" -l "$HOST:1980$i" -L "1990$i" -s "$RUN/database$i"

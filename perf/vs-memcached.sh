@@ -138,7 +138,7 @@ start_kumofs() {
     free_port; mgr=$PORT; free_port; srv=$PORT; free_port; srv_stream=$PORT
     free_port; gw_text=$PORT; free_port; gw_bin=$PORT
     mkdir -p "$WORK/data"
-    taskset -c "$SERVER_CPU" "$REL/kumo-manager" -l "127.0.0.1:$mgr" >"$WORK/manager.log" 2>&1 &
+    taskset -c "$SERVER_CPU" "$REL/kumo-manager" -l "127.0.0.1:$mgr" -s "$WORK" >"$WORK/manager.log" 2>&1 &
     PIDS+=($!)
     wait_port "$mgr" $! 10 || { KUMOFS_NOTE="kumo-manager did not come up: $(head -c 200 "$WORK/manager.log")"; return 1; }
     taskset -c "$SERVER_CPU" "$REL/kumo-server" -l "127.0.0.1:$srv" -L "$srv_stream" -m "127.0.0.1:$mgr" \

@@ -1,10 +1,13 @@
 //! Human output of the admin tools, in the seed's formats.
 //!
 //! `kumoctl status` prints the routing table the way kumofs's Ruby tool did (dates in Ruby 1.8's
-//! `Time#to_s` shape, `Wed Dec 03 22:15:55 +0000 2008`), plus one line about a rebalance in progress,
-//! which kumofs never showed and its users asked for.
+//! `Time#to_s` shape, in UTC: `Wed Dec 03 13:15:55 +0000 2008`), plus, only when there is one, the
+//! rebalance in progress with each server's progress (which kumofs never showed and its users asked
+//! for) and warnings about the manager pair or the state file.
 
-use kumofs::cluster::membership::{NodeState, Phase, StatusReport};
+use kumofs::cluster::membership::{NodeState, Phase, Rebalance, StatusReport};
+use kumofs::cluster::pair::Role;
+use kumofs::rpc::messages::{BackupReport, BackupState};
 
 /// Splits a hybrid-logical-clock version into unix milliseconds and the logical counter.
 pub fn split_version(version: u64) -> (u64, u64) {
@@ -51,7 +54,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// The text of `kumoctl MGR status`.
+/// The text of `kumoctl MGR status`: the seed's lines, then (only when there is something to say)
+/// the rebalance with every participant's progress and warnings.
 pub fn status_text(report: &StatusReport) -> String {
     let (ms, clock) = split_version(report.write.version);
     let mut out = String::from("hash space timestamp:\n");
@@ -68,19 +72,83 @@ pub fn status_text(report: &StatusReport) -> String {
     for addr in &report.not_attached {
         out.push_str(&format!("  {addr}\n"));
     }
-    if let Some(r) = &report.rebalance {
-        let phase = match r.phase {
-            Phase::Copying => "copying",
-            Phase::Dropping => "dropping",
+    match &report.rebalance {
+        Some(r) => out.push_str(&rebalance_text(report, r)),
+        None if report.read != report.write => out.push_str(
+            "rebalance: none running, but reads still follow an older table than writes; run \
+             `kumoctl MANAGER replace`\n",
+        ),
+        None => {}
+    }
+    if let Some(partner) = &report.partner {
+        if !partner.reachable {
+            out.push_str(&format!(
+                "warning: partner manager {} is unreachable\n",
+                partner.addr
+            ));
+        }
+    }
+    if report.role == Role::CatchingUp {
+        out.push_str("warning: this manager just started and waits for its partner's state\n");
+    }
+    for warning in &report.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+fn rebalance_text(report: &StatusReport, r: &Rebalance) -> String {
+    let phase = match r.phase {
+        Phase::Copying => "copying",
+        Phase::Dropping => "dropping",
+    };
+    let mut head = phase.to_string();
+    if r.full {
+        head.push_str(" (full)");
+    }
+    if let Some(run) = &report.rebalance_run {
+        head.push_str(&format!(", {}", run.reason));
+        if run.attempt > 1 {
+            head.push_str(&format!(", attempt {}", run.attempt));
+        }
+        if let Some(why) = &run.restarted_because {
+            head.push_str(&format!(" (restarted: {why})"));
+        }
+    }
+    let mut out = format!(
+        "rebalance: {head}; {} of {} servers done\n",
+        r.total.saturating_sub(r.waiting.len()),
+        r.total
+    );
+    for p in &report.progress {
+        let what = if p.done {
+            "done".to_string()
+        } else {
+            match &p.progress {
+                Some(p) if p.phase == Phase::Copying => format!(
+                    "{phase}: {} of {} records scanned, {} sent",
+                    p.done, p.total, p.sent
+                ),
+                Some(p) => format!("{phase}: {} of {} records scanned", p.done, p.total),
+                None => format!("{phase}: no progress reported yet"),
+            }
         };
-        out.push_str(&format!(
-            "rebalance: {phase}, {} of {} servers done{}\n",
-            r.total - r.waiting.len(),
-            r.total,
-            if r.full { " (full)" } else { "" }
-        ));
-    } else if report.read.version != report.write.version {
-        out.push_str("rebalance: read and write tables differ; run `kumoctl MGR replace`\n");
+        out.push_str(&format!("  {}  {what}\n", p.addr));
+    }
+    out
+}
+
+/// The text of `kumoctl MGR backup`: one line per server.
+pub fn backup_text(report: &BackupReport, timed_out: bool) -> String {
+    let mut out = format!("backup {}:\n", report.suffix);
+    for (addr, state) in &report.servers {
+        let line = match state {
+            BackupState::Done { path, records } => format!("done  {path}  ({records} records)"),
+            BackupState::Failed(why) => format!("failed  {why}"),
+            BackupState::Pending if timed_out => "not finished (timed out)".to_string(),
+            BackupState::Pending => "running".to_string(),
+        };
+        out.push_str(&format!("  {addr}  {line}\n"));
     }
     out
 }
@@ -88,7 +156,10 @@ pub fn status_text(report: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kumofs::cluster::membership::TableSpec;
+    use kumofs::cluster::membership::{RebalanceRun, ServerProgress, TableSpec};
+    use kumofs::cluster::status::PartnerStatus;
+    use kumofs::rpc::messages::PhaseProgress;
+    use std::net::SocketAddr;
 
     #[test]
     fn ruby_time_matches_known_dates() {
@@ -96,6 +167,25 @@ mod tests {
         // 2008-12-03 13:15:55 UTC (the seed's example, in +0900, is 22:15:55).
         assert_eq!(ruby_time(1_228_310_155), "Wed Dec 03 13:15:55 +0000 2008");
         assert_eq!(ruby_time(1_709_251_200), "Fri Mar 01 00:00:00 +0000 2024");
+    }
+
+    fn report(write: TableSpec, read: TableSpec, not_attached: Vec<SocketAddr>) -> StatusReport {
+        StatusReport {
+            write,
+            read,
+            not_attached,
+            rebalance: None,
+            auto_replace: false,
+            rebalance_run: None,
+            progress: Vec::new(),
+            manager: "127.0.0.1:19700".parse().unwrap(),
+            role: Role::Leader,
+            partner: None,
+            epoch: 1,
+            gc_horizon: 0,
+            backup: None,
+            warnings: Vec::new(),
+        }
     }
 
     #[test]
@@ -106,18 +196,99 @@ mod tests {
             version: (1_228_310_155_000u64 << 16) | 62,
             nodes: vec![(a, NodeState::Active), (b, NodeState::Fault)],
         };
-        let report = StatusReport {
-            write: table.clone(),
-            read: table,
-            not_attached: vec![b],
-            rebalance: None,
-            auto_replace: false,
-        };
         assert_eq!(
-            status_text(&report),
+            status_text(&report(table.clone(), table, vec![b])),
             "hash space timestamp:\n  Wed Dec 03 13:15:55 +0000 2008 clock 62\nattached node:\n  \
              192.168.0.101:19800  (active)\n  192.168.0.104:19800  (fault)\nnot attached node:\n  \
              192.168.0.104:19800\n"
+        );
+    }
+
+    #[test]
+    fn status_shows_rebalance_progress_and_warnings() {
+        let a: SocketAddr = "10.0.0.1:19800".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:19800".parse().unwrap();
+        let write = TableSpec {
+            version: 5 << 16,
+            nodes: vec![(a, NodeState::Active), (b, NodeState::Active)],
+        };
+        let read = TableSpec {
+            version: 4 << 16,
+            nodes: vec![(a, NodeState::Active)],
+        };
+        let mut r = report(write, read, Vec::new());
+        r.rebalance = Some(Rebalance {
+            target: 5 << 16,
+            full: false,
+            phase: Phase::Copying,
+            waiting: [a].into_iter().collect(),
+            total: 2,
+        });
+        r.rebalance_run = Some(RebalanceRun {
+            attempt: 2,
+            reason: "attach 10.0.0.2:19800".into(),
+            restarted_because: Some("lost 10.0.0.3:19800".into()),
+            started_ms: 0,
+            phase_started_ms: 0,
+        });
+        r.progress = vec![
+            ServerProgress {
+                addr: a,
+                done: false,
+                progress: Some(PhaseProgress {
+                    target: 5 << 16,
+                    phase: Phase::Copying,
+                    done: 10,
+                    total: 40,
+                    sent: 3,
+                }),
+            },
+            ServerProgress {
+                addr: b,
+                done: true,
+                progress: None,
+            },
+        ];
+        r.partner = Some(PartnerStatus {
+            addr: "10.0.0.9:19700".parse().unwrap(),
+            reachable: false,
+        });
+        let text = status_text(&r);
+        assert!(text.ends_with(
+            "not attached node:\nrebalance: copying, attach 10.0.0.2:19800, attempt 2 (restarted: \
+             lost 10.0.0.3:19800); 1 of 2 servers done\n  10.0.0.1:19800  copying: 10 of 40 \
+             records scanned, 3 sent\n  10.0.0.2:19800  done\nwarning: partner manager \
+             10.0.0.9:19700 is unreachable\n"
+        ), "{text}");
+        r.rebalance = None;
+        r.partner = None;
+        assert!(status_text(&r).contains("run `kumoctl MANAGER replace`"));
+    }
+
+    #[test]
+    fn backup_lists_every_server() {
+        let report = BackupReport {
+            id: 1,
+            suffix: "20250101".into(),
+            servers: vec![
+                (
+                    "10.0.0.1:19800".parse().unwrap(),
+                    BackupState::Done {
+                        path: "/d/s-20250101".into(),
+                        records: 12,
+                    },
+                ),
+                (
+                    "10.0.0.2:19800".parse().unwrap(),
+                    BackupState::Failed("disk full".into()),
+                ),
+                ("10.0.0.3:19800".parse().unwrap(), BackupState::Pending),
+            ],
+        };
+        assert_eq!(
+            backup_text(&report, true),
+            "backup 20250101:\n  10.0.0.1:19800  done  /d/s-20250101  (12 records)\n  \
+             10.0.0.2:19800  failed  disk full\n  10.0.0.3:19800  not finished (timed out)\n"
         );
     }
 }

@@ -1,10 +1,11 @@
 //! kumo-manager: membership and routing tables of a kumofs cluster.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kumofs::cli::{self, daemon, OptSpec, Parsed};
 use kumofs::cluster::membership::MembershipConfig;
-use kumofs::manager::{self, ManagerConfig};
+use kumofs::manager::{self, ManagerConfig, StateStore};
 use kumofs::runtime::Shutdown;
 
 const DEFAULT_PORT: u16 = 19700;
@@ -22,6 +23,12 @@ const SPECS: &[OptSpec] = &[
         "addr[:19700]",
         "the other manager of the pair",
     ),
+    OptSpec::value(
+        "-s",
+        "--state-dir",
+        "dir",
+        "where the state file kumo-manager-<ip>_<port>.state is kept (default: .)",
+    ),
     OptSpec::flag(
         "-a",
         "--auto-replace",
@@ -31,19 +38,25 @@ const SPECS: &[OptSpec] = &[
         "-Rs",
         "--replace-delay",
         "sec",
-        "delay before an automatic replace (default 4)",
+        "quiet time before an automatic replace (default 4)",
     ),
     OptSpec::value(
         "-Ys",
         "--connect-timeout",
         "sec",
-        "keepalive timeout step (default 2)",
+        "keepalive step: a server or the partner silent for Ys x Yn is down (default 2)",
     ),
     OptSpec::value(
         "-Yn",
         "--connect-retry-limit",
         "n",
-        "missed steps before a server is judged down (default 3)",
+        "missed steps before a server or the partner is judged down (default 3)",
+    ),
+    OptSpec::value(
+        "",
+        "--gc-lag",
+        "sec",
+        "tombstones older than this may be collected when all is well (default 60)",
     ),
     daemon::COMMON_SPECS[0],
     daemon::COMMON_SPECS[1],
@@ -51,7 +64,7 @@ const SPECS: &[OptSpec] = &[
 ];
 
 fn main() {
-    let synopsis = "kumo-manager -l <addr[:port]> [-p <partner[:port]>] [options]";
+    let synopsis = "kumo-manager -l <addr[:port]> [-p <partner[:port]>] [-s <dir>] [options]";
     let parsed = cli::parse_args_or_exit(synopsis, SPECS);
     if let Err(e) = start(&parsed) {
         cli::exit_with_usage(synopsis, SPECS, &e);
@@ -65,23 +78,59 @@ fn start(parsed: &Parsed) -> Result<(), String> {
         Some(text) => Some(cli::parse_peer_addr(text, DEFAULT_PORT).map_err(|e| e.0)?),
         None => None,
     };
+    if partner == Some(listen) {
+        return Err("-p names this manager itself; give the other manager's address".into());
+    }
     let secs = |long: &str, default: f64| -> Result<Duration, String> {
         let v: f64 = parsed.parse_or(long, default).map_err(|e| e.0)?;
-        if !(v.is_finite() && v > 0.0) {
+        if !(v.is_finite() && v > 0.0 && v < 1e6) {
             return Err(format!("--{long} must be a positive number of seconds"));
         }
         Ok(Duration::from_secs_f64(v))
     };
     let step = secs("connect-timeout", 2.0)?;
     let retries: u32 = parsed.parse_or("connect-retry-limit", 3).map_err(|e| e.0)?;
+    if retries == 0 || retries > 1000 {
+        return Err("--connect-retry-limit must be between 1 and 1000".into());
+    }
+    let fault_after = step * retries;
+    let gc_lag = secs("gc-lag", 60.0)?;
+    if gc_lag < fault_after * 2 {
+        return Err(format!(
+            "--gc-lag must be at least twice the fault timeout (-Ys x -Yn = {:.1} s)",
+            fault_after.as_secs_f64()
+        ));
+    }
     let membership = MembershipConfig {
-        fault_after_ms: (step * retries.max(1)).as_millis() as u64,
+        fault_after_ms: fault_after.as_millis() as u64,
         auto_replace: parsed.flag("auto-replace"),
         replace_delay_ms: secs("replace-delay", 4.0)?.as_millis() as u64,
+        gc_lag_ms: gc_lag.as_millis() as u64,
     };
+    let dir = PathBuf::from(parsed.get("state-dir").unwrap_or("."));
+    // Read and rewrite the state before anything else: a corrupt file or a directory that cannot
+    // be written stops the start here, with the message on the terminal (and no usage text: the
+    // arguments are fine).
+    let store = StateStore::open(&dir, listen).unwrap_or_else(|e| cli::exit_with_error(&e));
+    let initial = store.load().unwrap_or_else(|e| cli::exit_with_error(&e));
+    if let Err(e) = store.save(&initial.clone().unwrap_or_default()) {
+        cli::exit_with_error(&e);
+    }
     let listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .unwrap_or_else(|e| cli::exit_with_error(&format!("cannot listen on {listen}: {e}")));
     daemon::apply_common(parsed).map_err(|e| e.0)?;
+    match &initial {
+        Some(state) => kumofs::info!(
+            "loaded state from {}: {} servers attached, epoch {}",
+            store.path().display(),
+            state.routing.write.nodes.len(),
+            state.epoch
+        ),
+        None => kumofs::info!(
+            "no state file at {}: starting with an empty cluster state",
+            store.path().display()
+        ),
+    }
     let shutdown = Shutdown::new();
     shutdown
         .install_signal_handler()
@@ -90,6 +139,8 @@ fn start(parsed: &Parsed) -> Result<(), String> {
         listen,
         partner,
         membership,
+        store,
+        initial,
     };
     manager::run(config, listener, shutdown).map_err(|e| e.to_string())
 }

@@ -1,28 +1,35 @@
 //! kumo-manager: membership and routing, never on the data path.
 //!
 //! The manager is one shard (it is not on the data path, so one core is plenty). It owns a
-//! [`Membership`](crate::cluster::membership::Membership) state machine and feeds it the messages it
-//! receives and a tick every [`TICK`]; what the machine decides becomes the *routing snapshot* that
-//! servers receive in answer to their keepalives and gateways in answer to their polls. Distribution
-//! is pull-based on purpose: a server or gateway that missed a change, restarted, or talked to the
-//! other manager of a pair converges on its next poll, with no push to lose.
+//! [`Membership`](crate::cluster::membership::Membership) state machine and feeds it the requests
+//! it receives ([`service`]), a tick every [`TICK`], and the partner's state ([`partner`]); what
+//! the machine decides becomes the *routing snapshot* that servers receive in answer to their
+//! keepalives and gateways in answer to their polls, and is written to the state file ([`store`])
+//! before it is served. Distribution is pull-based on purpose: a server or gateway that missed a
+//! change, restarted, or talked to the other manager of a pair converges on its next poll, with no
+//! push to lose.
 
+mod partner;
 mod service;
+pub mod store;
 
 pub use service::ManagerService;
+pub use store::StateStore;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::cluster::membership::MembershipConfig;
-use crate::rpc::messages::{ManagerRequest, ManagerResponse};
-use crate::rpc::{read_hello, serve_connection};
+use glommio::channels::local_channel;
+
+use crate::cluster::membership::{Membership, MembershipConfig};
+use crate::cluster::state::ClusterState;
+use crate::rpc::{read_hello, serve_connection, ClientConfig, RpcClient};
 use crate::runtime::{
     self, Listener, Runtime, RuntimeConfig, RuntimeError, ShardContext, Shutdown,
 };
 
-/// How often the manager advances time (fault detection, automatic replace).
+/// How often the manager advances time (fault detection, automatic replace, horizon).
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// Settings of one manager.
@@ -33,6 +40,10 @@ pub struct ManagerConfig {
     /// The other manager of the pair (`-p`).
     pub partner: Option<SocketAddr>,
     pub membership: MembershipConfig,
+    /// Where the state is written on every change.
+    pub store: StateStore,
+    /// The state read from `store` at start, if there was one.
+    pub initial: Option<ClusterState>,
 }
 
 /// Runs a manager on `listener` (already bound) until `shutdown` fires.
@@ -66,12 +77,47 @@ pub fn run(
 }
 
 async fn serve(config: ManagerConfig, listener: Listener, ctx: ShardContext<()>) {
-    let service = Rc::new(ManagerService::new(config.membership.clone()));
-    crate::info!("kumo-manager listening on {}", config.listen);
-    if let Some(partner) = config.partner {
-        crate::info!("partner manager {partner} (pair synchronisation is not implemented yet)");
-    }
+    let started = Instant::now();
+    let service = {
+        let now = crate::cluster::membership::Now {
+            mono_ms: 0,
+            wall_ms: crate::cluster::clock::wall_ms(),
+        };
+        let membership = match Membership::new(
+            config.listen,
+            config.partner,
+            config.membership.clone(),
+            config.initial.clone(),
+            now,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::warn!("manager: cannot use the state: {e}");
+                ctx.shutdown_all();
+                return;
+            }
+        };
+        let partner = config.partner.map(partner_client);
+        ManagerService::new(membership, started, config.store.clone(), partner)
+    };
+    crate::info!(
+        "kumo-manager listening on {}, state file {}",
+        config.listen,
+        config.store.path().display()
+    );
     let stop = ctx.shutdown_signal();
+    if let Some(partner_addr) = config.partner {
+        crate::info!("partner manager {partner_addr}");
+        let (waker, woken) = local_channel::new_bounded::<()>(1);
+        service.set_sync_waker(waker);
+        // Its own connection, so a forwarded command never waits behind a sync or the reverse.
+        runtime::spawn(partner::sync_loop(
+            service.clone(),
+            partner_client(partner_addr),
+            woken,
+            stop.clone(),
+        ));
+    }
     let ticker = service.clone();
     let tick_stop = stop.clone();
     runtime::spawn(async move {
@@ -81,14 +127,33 @@ async fn serve(config: ManagerConfig, listener: Listener, ctx: ShardContext<()>)
         }
     });
     while let Some(mut stream) = runtime::accept_until(&listener, &stop).await {
-        let service = service.clone();
+        let service: Rc<ManagerService> = service.clone();
+        let conn_stop = stop.clone();
         runtime::spawn(async move {
             let (_hello, buffered) = read_hello(&mut stream).await?;
-            serve_connection(stream, buffered, move |request: ManagerRequest| {
-                let response: ManagerResponse = service.handle(request);
-                async move { Ok::<_, String>(response) }
+            let served = serve_connection(stream, buffered, move |request| {
+                let service = service.clone();
+                async move { Ok::<_, String>(service.handle(request).await) }
+            });
+            futures_lite::future::or(served, async {
+                conn_stop.wait().await;
+                Ok(())
             })
             .await
         });
     }
+}
+
+/// A client of the partner manager: calls are short, so a partner that went away is noticed fast.
+fn partner_client(addr: SocketAddr) -> service::ManagerClient {
+    RpcClient::new(
+        addr,
+        ClientConfig {
+            call_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            hello: None,
+        },
+    )
 }

@@ -1,35 +1,74 @@
-//! The manager's request handling: membership state, its clock, and the routing snapshot it serves.
+//! The manager's request handling around the [`Membership`] machine: it feeds the machine every
+//! request with the time, forwards commands to the partner when this manager follows, and after
+//! every input whose outcome changed the state's epoch it writes the state file, rebuilds the
+//! routing snapshot it serves and wakes the partner sync.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Instant;
 
-use crate::cluster::clock::{wall_ms, Hlc};
-use crate::cluster::membership::{Action, Membership, MembershipConfig, TableSpec};
-use crate::ring::RoutingTable;
+use glommio::channels::local_channel::LocalSender;
+
+use super::store::StateStore;
+use crate::cluster::clock::wall_ms;
+use crate::cluster::membership::{Command, KeepAlive, Membership, Now, Outcome, Reply};
+use crate::cluster::state::ServerInfo;
 use crate::rpc::messages::{ManagerRequest, ManagerResponse, RoutingSnapshot};
+use crate::rpc::RpcClient;
+
+pub type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
 
 /// Everything one manager knows; lives on the manager's single shard.
 pub struct ManagerService {
     membership: RefCell<Membership>,
-    clock: RefCell<Hlc>,
-    shards: RefCell<BTreeMap<SocketAddr, u16>>,
+    started: Instant,
     snapshot: RefCell<Rc<RoutingSnapshot>>,
+    store: StateStore,
+    /// Epoch of the state last written and published.
+    published: Cell<u64>,
+    /// Last failure to write the state file, shown by `kumoctl status` until a write succeeds.
+    store_error: RefCell<Option<String>>,
+    partner: Option<ManagerClient>,
+    /// Wakes the partner sync loop after a change.
+    wake_sync: RefCell<Option<LocalSender<()>>>,
 }
 
 impl ManagerService {
-    pub fn new(config: MembershipConfig) -> Self {
-        ManagerService {
-            membership: RefCell::new(Membership::new(config)),
-            clock: RefCell::new(Hlc::new()),
-            shards: RefCell::new(BTreeMap::new()),
+    /// `membership` was made from the loaded state; `partner` talks to the other manager.
+    pub fn new(
+        membership: Membership,
+        started: Instant,
+        store: StateStore,
+        partner: Option<ManagerClient>,
+    ) -> Rc<Self> {
+        let service = Rc::new(ManagerService {
+            membership: RefCell::new(membership),
+            started,
             snapshot: RefCell::new(Rc::new(RoutingSnapshot::empty())),
-        }
+            store,
+            published: Cell::new(u64::MAX),
+            store_error: RefCell::new(None),
+            partner,
+            wake_sync: RefCell::new(None),
+        });
+        service.publish();
+        service
     }
 
-    fn version(&self) -> u64 {
-        self.clock.borrow_mut().now(wall_ms())
+    pub fn set_sync_waker(&self, waker: LocalSender<()>) {
+        *self.wake_sync.borrow_mut() = Some(waker);
+    }
+
+    pub fn me(&self) -> SocketAddr {
+        self.membership.borrow().me()
+    }
+
+    pub fn now(&self) -> Now {
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            wall_ms: wall_ms(),
+        }
     }
 
     /// The snapshot currently served.
@@ -37,72 +76,38 @@ impl ManagerService {
         self.snapshot.borrow().clone()
     }
 
-    /// Answers one request.
-    pub fn handle(&self, request: ManagerRequest) -> ManagerResponse {
-        match request {
-            ManagerRequest::KeepAlive {
-                addr,
-                stream_port: _,
-                shards,
-                routing_version,
-                progress: _,
-            } => {
-                let known = self.shards.borrow_mut().insert(addr, shards);
-                if known.is_none() {
-                    crate::info!("server {addr} joined ({shards} shards); not attached");
-                }
-                let actions = self.membership.borrow_mut().keepalive(addr, wall_ms());
-                // A server's shard count is part of the snapshot: publish it when it is new.
-                let shards_changed = known != Some(shards);
-                self.apply(actions, shards_changed);
-                self.routing_since(routing_version)
+    /// After an input: if the state changed, persist it, serve it and tell the partner.
+    fn publish(&self) {
+        let membership = self.membership.borrow();
+        let state = membership.state();
+        if state.epoch == self.published.get() {
+            return;
+        }
+        self.published.set(state.epoch);
+        match self.store.save(state) {
+            Ok(()) => *self.store_error.borrow_mut() = None,
+            Err(e) => {
+                crate::warn!("manager: {e}");
+                *self.store_error.borrow_mut() = Some(e);
             }
-            ManagerRequest::GetRouting { known_version } => self.routing_since(known_version),
-            ManagerRequest::Status => ManagerResponse::Status(self.membership.borrow().status()),
-            ManagerRequest::Attach { replace } => {
-                let version = self.version();
-                let actions = self.membership.borrow_mut().attach(replace, version);
-                self.apply(actions, false);
-                ManagerResponse::Ok
+        }
+        match state.snapshot() {
+            Ok(snapshot) => *self.snapshot.borrow_mut() = Rc::new(snapshot),
+            Err(e) => {
+                crate::warn!("manager: cannot build the routing snapshot: {e}");
             }
-            ManagerRequest::Detach { replace } => {
-                let version = self.version();
-                let actions = self.membership.borrow_mut().detach(replace, version);
-                self.apply(actions, false);
-                ManagerResponse::Ok
-            }
-            ManagerRequest::Replace { full } => {
-                let version = self.version();
-                let actions = self.membership.borrow_mut().start_replace(full, version);
-                self.apply(actions, false);
-                ManagerResponse::Ok
-            }
-            ManagerRequest::Backup { suffix: _ }
-            | ManagerRequest::BackupStatus { .. }
-            | ManagerRequest::BackupDone { .. } => {
-                ManagerResponse::Error("backup is not implemented yet".into())
-            }
-            ManagerRequest::SetAutoReplace(on) => {
-                self.membership.borrow_mut().set_auto_replace(on, wall_ms());
-                ManagerResponse::AutoReplace(on)
-            }
-            ManagerRequest::PhaseDone { addr, target } => {
-                let version = self.version();
-                let actions = self
-                    .membership
-                    .borrow_mut()
-                    .phase_done(addr, target, version);
-                self.apply(actions, false);
-                ManagerResponse::Ok
-            }
+        }
+        if let Some(waker) = &*self.wake_sync.borrow() {
+            // Full means a sync is pending already.
+            let _ = waker.try_send(());
         }
     }
 
-    /// Advances time: fault detection and automatic replace.
+    /// Advances time: the driver's duties.
     pub fn tick(&self) {
-        let version = self.version();
-        let actions = self.membership.borrow_mut().tick(wall_ms(), version);
-        self.apply(actions, false);
+        let now = self.now();
+        self.membership.borrow_mut().tick(now);
+        self.publish();
     }
 
     fn routing_since(&self, known: u64) -> ManagerResponse {
@@ -114,35 +119,232 @@ impl ManagerService {
         }
     }
 
-    /// Publishes a new snapshot when the machine changed anything.
-    fn apply(&self, actions: Vec<Action>, force: bool) {
-        if actions.is_empty() && !force {
-            return;
-        }
-        for action in &actions {
-            crate::info!("manager: {action:?}");
-        }
-        let membership = self.membership.borrow();
-        let build = |spec: &TableSpec| RoutingTable::new(spec.version, spec.nodes.clone());
-        let (write, read) = match (
-            build(membership.write_table()),
-            build(membership.read_table()),
-        ) {
-            (Ok(w), Ok(r)) => (w, r),
-            (Err(e), _) | (_, Err(e)) => {
-                crate::warn!("manager: cannot build routing table: {e}");
-                return;
+    /// Answers one request.
+    pub async fn handle(self: &Rc<Self>, request: ManagerRequest) -> ManagerResponse {
+        let now = self.now();
+        match request {
+            ManagerRequest::KeepAlive {
+                addr,
+                stream_port,
+                shards,
+                routing_version,
+                progress,
+            } => {
+                let keepalive = KeepAlive {
+                    addr,
+                    info: ServerInfo {
+                        shards,
+                        stream_port,
+                    },
+                    routing_version,
+                    progress,
+                };
+                self.membership.borrow_mut().keepalive(keepalive, now);
+                self.publish();
+                self.routing_since(routing_version)
             }
+            ManagerRequest::GetRouting { known_version } => self.routing_since(known_version),
+            ManagerRequest::Status => {
+                let mut report = self.membership.borrow().status(now);
+                if let Some(e) = &*self.store_error.borrow() {
+                    report.warnings.push(e.clone());
+                }
+                ManagerResponse::Status(Box::new(report))
+            }
+            ManagerRequest::Attach { replace } => self.command(Command::Attach { replace }).await,
+            ManagerRequest::Detach { replace } => self.command(Command::Detach { replace }).await,
+            ManagerRequest::Replace { full } => self.command(Command::Replace { full }).await,
+            ManagerRequest::Backup { suffix } => self.command(Command::Backup { suffix }).await,
+            ManagerRequest::SetAutoReplace(on) => self.command(Command::SetAutoReplace(on)).await,
+            ManagerRequest::PhaseDone { addr, target } => {
+                let command = Command::PhaseDone { addr, target };
+                let outcome = self
+                    .membership
+                    .borrow_mut()
+                    .command(command.clone(), now, false);
+                match outcome {
+                    Outcome::Done(reply) => {
+                        self.publish();
+                        to_response(reply)
+                    }
+                    Outcome::Forward => {
+                        // The server sends its report to both managers and repeats it until the
+                        // snapshot stops listing it, so a lost forward costs nothing.
+                        let service = self.clone();
+                        crate::runtime::spawn(async move {
+                            let _ = service.forward(command, Forwarding::Report).await;
+                        });
+                        ManagerResponse::Ok
+                    }
+                }
+            }
+            ManagerRequest::BackupStatus { id } => {
+                match self.membership.borrow().backup_report(id) {
+                    Some(report) => ManagerResponse::Backup(report.clone()),
+                    None => ManagerResponse::Error(format!(
+                        "backup {id} is unknown to this manager (a newer backup replaced it, or \
+                         the partner has not synced it yet)"
+                    )),
+                }
+            }
+            ManagerRequest::BackupDone { addr, id, state } => {
+                let reply = self
+                    .membership
+                    .borrow_mut()
+                    .backup_done(addr, id, state, now);
+                self.publish();
+                to_response(reply)
+            }
+            ManagerRequest::PartnerSync { from, state, view } => {
+                let result = self
+                    .membership
+                    .borrow_mut()
+                    .partner_sync(from, *state, &view, now);
+                self.publish();
+                match result {
+                    Ok(()) => {
+                        let membership = self.membership.borrow();
+                        ManagerResponse::PartnerState {
+                            state: Box::new(membership.state().clone()),
+                            view: membership.partner_view(now),
+                        }
+                    }
+                    Err(e) => {
+                        crate::warn!("manager: partner sync from {from} refused: {e}");
+                        ManagerResponse::Error(e)
+                    }
+                }
+            }
+            ManagerRequest::PartnerCommand { from, command } => {
+                let partner = self.membership.borrow().partner();
+                if partner != Some(from) {
+                    return ManagerResponse::Error(format!(
+                        "unknown partner {from}: this manager's partner is {}",
+                        partner.map_or("none".to_string(), |p| p.to_string())
+                    ));
+                }
+                let outcome = self.membership.borrow_mut().command(command, now, true);
+                self.publish();
+                match outcome {
+                    Outcome::Done(reply) => to_response(reply),
+                    Outcome::Forward => ManagerResponse::Error("internal: forwarded twice".into()),
+                }
+            }
+        }
+    }
+
+    /// Runs a kumoctl command here, or at the driving partner.
+    async fn command(self: &Rc<Self>, command: Command) -> ManagerResponse {
+        let outcome = self
+            .membership
+            .borrow_mut()
+            .command(command.clone(), self.now(), false);
+        match outcome {
+            Outcome::Done(reply) => {
+                self.publish();
+                to_response(reply)
+            }
+            Outcome::Forward => self.forward(command, Forwarding::Operator).await,
+        }
+    }
+
+    /// Sends `command` to the driving partner.
+    async fn forward(self: &Rc<Self>, command: Command, how: Forwarding) -> ManagerResponse {
+        let Some(partner) = &self.partner else {
+            return ManagerResponse::Error("internal: no partner to forward to".into());
         };
-        let epoch = self.version();
-        let snapshot = RoutingSnapshot {
-            epoch,
-            write,
-            read,
-            shards: self.shards.borrow().iter().map(|(a, n)| (*a, *n)).collect(),
-            rebalance: membership.rebalance().cloned(),
-            ..RoutingSnapshot::empty()
+        let request = ManagerRequest::PartnerCommand {
+            from: self.me(),
+            command: command.clone(),
         };
-        *self.snapshot.borrow_mut() = Rc::new(snapshot);
+        match partner.call(&request).await {
+            Ok(
+                response @ (ManagerResponse::Ok
+                | ManagerResponse::AutoReplace(_)
+                | ManagerResponse::Backup(_)
+                | ManagerResponse::Error(_)),
+            ) => {
+                if how == Forwarding::Operator {
+                    super::partner::sync_once(self, partner).await;
+                }
+                response
+            }
+            other if how == Forwarding::Report => ManagerResponse::Error(format!(
+                "the driving manager {} did not take the report ({other:?}); send it again",
+                partner.addr()
+            )),
+            other => {
+                crate::warn!(
+                    "manager: the partner {} did not run {command:?} ({other:?}); running it here",
+                    partner.addr()
+                );
+                let outcome = self
+                    .membership
+                    .borrow_mut()
+                    .command(command, self.now(), true);
+                self.publish();
+                match outcome {
+                    Outcome::Done(reply) => to_response(reply),
+                    Outcome::Forward => ManagerResponse::Error("internal: forwarded twice".into()),
+                }
+            }
+        }
+    }
+
+    /// The request this manager sends its partner now.
+    pub(super) fn sync_request(&self) -> ManagerRequest {
+        let membership = self.membership.borrow();
+        ManagerRequest::PartnerSync {
+            from: membership.me(),
+            state: Box::new(membership.state().clone()),
+            view: membership.partner_view(self.now()),
+        }
+    }
+
+    /// Takes in the partner's answer to a sync.
+    pub(super) fn partner_answered(&self, response: ManagerResponse) {
+        let Some(partner) = self.membership.borrow().partner() else {
+            return;
+        };
+        match response {
+            ManagerResponse::PartnerState { state, view } => {
+                let now = self.now();
+                let result = self
+                    .membership
+                    .borrow_mut()
+                    .partner_sync(partner, *state, &view, now);
+                if let Err(e) = result {
+                    crate::warn!("manager: state from partner {partner} refused: {e}");
+                }
+                self.publish();
+            }
+            ManagerResponse::Error(e) => {
+                crate::warn!("manager: partner {partner} refused our sync: {e}");
+            }
+            other => {
+                crate::warn!("manager: partner {partner} answered a sync with {other:?}");
+            }
+        }
+    }
+}
+
+/// Why a command is forwarded, which decides what happens when the partner does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// From kumoctl: if the partner does not answer, the command runs here (this manager drives
+    /// soon anyway), and after it the partner's state is fetched, so a status asked of this manager
+    /// right after shows the command's effect.
+    Operator,
+    /// A server's report: dropped if the partner does not answer (the server repeats it until the
+    /// snapshot shows it), so two managers never both decide on the same rebalance step.
+    Report,
+}
+
+fn to_response(reply: Reply) -> ManagerResponse {
+    match reply {
+        Reply::Ok => ManagerResponse::Ok,
+        Reply::AutoReplace(on) => ManagerResponse::AutoReplace(on),
+        Reply::Backup(report) => ManagerResponse::Backup(report),
+        Reply::Error(e) => ManagerResponse::Error(e),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - gateway -> server, data path: [`DataRequest`] / [`DataResponse`];
 //! - server -> server, replication and rebalance copy: [`ReplicationRequest`] / [`ReplicationResponse`];
-//! - server, gateway and kumoctl -> manager: [`ManagerRequest`] / [`ManagerResponse`].
+//! - server, gateway, kumoctl and the partner manager -> manager: [`ManagerRequest`] /
+//!   [`ManagerResponse`].
 //!
 //! Keys and values travel as msgpack binary (`serde_bytes`), never as arrays of integers. Routing
 //! tables are [`RoutingTable`]s, serialized as their version and node list.
@@ -13,7 +14,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::membership::{Phase, Rebalance, StatusReport};
+use crate::cluster::membership::{Command, Phase, Rebalance, StatusReport};
+use crate::cluster::pair::PartnerView;
+use crate::cluster::state::ClusterState;
 use crate::ring::RoutingTable;
 
 /// What a data write does; the value and its metadata travel beside it in [`DataRequest::Write`].
@@ -267,6 +270,20 @@ pub enum ManagerRequest {
         id: u64,
         state: BackupState,
     },
+    /// Manager -> its partner (`-p`), every sync interval and after every change: the sender's
+    /// state and the servers it heard from. Answered with [`ManagerResponse::PartnerState`]; a
+    /// manager whose partner is not `from` answers `Error("unknown partner ...")`.
+    PartnerSync {
+        from: SocketAddr,
+        state: Box<ClusterState>,
+        view: PartnerView,
+    },
+    /// Manager -> its partner: a follower forwards a command to the driving manager, which runs
+    /// it and answers as it would answer kumoctl.
+    PartnerCommand {
+        from: SocketAddr,
+        command: Command,
+    },
 }
 
 /// Manager answers.
@@ -276,9 +293,14 @@ pub enum ManagerResponse {
     /// The caller already has the newest routing.
     UpToDate,
     Routing(RoutingSnapshot),
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     AutoReplace(bool),
     Error(String),
     /// Answer to `Backup` and `BackupStatus`.
     Backup(BackupReport),
+    /// Answer to `PartnerSync`: the receiver's state (after joining the sender's) and view.
+    PartnerState {
+        state: Box<ClusterState>,
+        view: PartnerView,
+    },
 }

@@ -176,6 +176,8 @@ impl Cluster {
                 manager_addr.to_string(),
                 "-Ys".into(),
                 "0.5".into(),
+                "-s".into(),
+                dir.path().display().to_string(),
             ],
             dir.path(),
         );

@@ -1,7 +1,8 @@
 //! kumohash: where does a key live?
 //!
-//! `kumohash -m MANAGER[:19700] COMMAND ...` uses the manager's routing tables;
+//! `kumohash -m MANAGER[:19700] COMMAND ...` uses the manager's write table (where writes go);
 //! `kumohash SERVER[:19800] ... -- COMMAND ...` builds a ring from the listed servers (all active).
+//! A listed server without a port is on 19800, the server port (kumofs's tool used 19700 there).
 //! Commands: `hash KEY...` (the 64-bit key hash), `assign KEY...` (the key's three servers, the
 //! first is the coordinator; fault servers are shown and marked), `dump` (every virtual node).
 
@@ -58,6 +59,9 @@ fn main() {
         die("no command given")
     };
     let keys = &rest[1..];
+    if matches!(command.as_str(), "hash" | "assign") && keys.is_empty() {
+        die(&format!("no keys given to {command}"));
+    }
     match (command.as_str(), table) {
         ("hash", _) => {
             for key in keys {
