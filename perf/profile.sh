@@ -44,7 +44,7 @@ mkdir -p "$(dirname "$OUT")"
 
 LOAD_PID=""
 if [ ${#LOAD_ARGS[@]} -gt 0 ]; then
-    taskset -c "${LOADGEN_CPU:-1}" "$ROOT/target/release/kumo-bench" "${LOAD_ARGS[@]}" >"$OUT.load.txt" 2>&1 &
+    taskset -c "${LOADGEN_CPU:-1}" "$ROOT/target/${PROFILE_DIR:-release}/kumo-bench" "${LOAD_ARGS[@]}" >"$OUT.load.txt" 2>&1 &
     LOAD_PID=$!
     trap '[ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true' EXIT
     sleep 1 # let the connections come up before recording

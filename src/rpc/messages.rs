@@ -17,7 +17,7 @@ use crate::cluster::membership::{Phase, Rebalance, StatusReport};
 use crate::ring::RoutingTable;
 
 /// What a data write does; the value and its metadata travel beside it in [`DataRequest::Write`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     Set,
     Add,

@@ -17,8 +17,37 @@ use std::time::Duration;
 
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
 use crate::ring::{core_of, key_hash};
+use crate::rpc::data_codec::{self, DataRequestRef};
 use crate::rpc::messages::{DataRequest, DataResponse, ReplicaRecord, WriteOp};
+use crate::rpc::Responder;
 use crate::runtime;
+
+/// Answers one request frame of a gateway connection. A get of a key of this shard is answered
+/// inline, its response appended to the connection's output at once (no task, no future: the
+/// responses of one read leave in one write); everything else runs in a task of its own.
+pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder: &Rc<Responder>) {
+    let request = match data_codec::decode_request(payload) {
+        Some(DataRequestRef::Get { hash, key }) if core_of(hash, shard.count) == shard.id => {
+            let response = get(shard, hash, key);
+            responder.respond_with(id, |out| {
+                // Infallible for the responses of a get.
+                let _ = data_codec::put_response(out, &response);
+            });
+            return;
+        }
+        Some(request) => request.to_owned(),
+        None => match rmp_serde::from_slice::<DataRequest>(payload) {
+            Ok(request) => request,
+            Err(e) => return responder.respond_error(id, &format!("bad request: {e}")),
+        },
+    };
+    let shard = shard.clone();
+    responder.spawn(
+        id,
+        async move { Ok::<_, String>(handle(&shard, request).await) },
+        |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
+    );
+}
 use crate::storage::{Engine, IncrOutcome, StorageError, WriteOutcome};
 
 /// Entry point of a gateway connection's request on any shard.
@@ -67,7 +96,8 @@ pub(crate) async fn handle_local(shard: &Rc<Shard>, request: DataRequest) -> Dat
     }
 }
 
-fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
+/// A get served by this shard (the caller routed it here).
+pub(crate) fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
     if key_hash(key) != hash {
         return DataResponse::Error("the hash does not match the key".into());
     }
