@@ -143,7 +143,7 @@ for target in "${TARGETS[@]}"; do
         for (i in f) { split(f[i], kv, "="); if (kv[1] == "ops_per_sec") rate = kv[2]; if (kv[1] == "p50_us") p50 = kv[2]; if (kv[1] == "p99_us") p99 = kv[2] }
         printf "%-10s %s p%-3s ops/s %8s p50 %7s p99 %7s  cpu %.2fs  %.2f us/op  %.2f syscalls/op  %.3f switches/op\n", t, pr, p, rate, p50, p99, ticks / hz, (ticks / hz) * 1e6 / ops, sc / ops, cs / ops
     }'
-    if [ "$KEEP" = 1 ]; then echo "running on port $DATA_PORT; Ctrl-C to stop" >&2; wait; fi
+    if [ "$KEEP" = 1 ]; then echo "running on port $DATA_PORT, pids $pidlist; Ctrl-C to stop" >&2; wait; fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     PIDS=()

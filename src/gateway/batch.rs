@@ -120,17 +120,7 @@ impl Conn {
             shard,
             state: RefCell::new(BatchState {
                 input: Input::default(),
-                replies: Replies {
-                    slots: Vec::new(),
-                    arena: Vec::new(),
-                    out: Vec::new(),
-                    next: 0,
-                    unfinished: 0,
-                    fallbacks: 0,
-                    jobs: 0,
-                    ordered,
-                    waker: None,
-                },
+                replies: Replies::new(ordered),
             }),
         }
     }
@@ -245,6 +235,21 @@ impl Completion for Conn {
 }
 
 impl Replies {
+    /// `ordered`: replies leave in request order (text, binary), else as they complete.
+    pub fn new(ordered: bool) -> Replies {
+        Replies {
+            slots: Vec::new(),
+            arena: Vec::new(),
+            out: Vec::new(),
+            next: 0,
+            unfinished: 0,
+            fallbacks: 0,
+            jobs: 0,
+            ordered,
+            waker: None,
+        }
+    }
+
     /// Forgets the previous batch (keeping the buffers' capacity).
     pub fn reset(&mut self) {
         self.slots.clear();
@@ -434,6 +439,71 @@ pub(crate) fn final_reply(op: FastOp, response: DataResponseRef<'_>) -> Option<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ReplyContext;
+
+    /// Slots 0..4 of a batch whose requests are `g0 g1 g2 g3` (keys at 1..2, 4..5, ...).
+    fn batch(ordered: bool) -> (Replies, &'static [u8]) {
+        let mut replies = Replies::new(ordered);
+        for i in 0..4 {
+            replies.push(
+                FastOp::Get,
+                ReplyContext::text(),
+                (3 * i + 1, 3 * i + 2),
+                (3 * i, 3 * i + 3),
+            );
+        }
+        (replies, b"g0 g1 g2 g3 ")
+    }
+
+    fn hit(value: &[u8]) -> Option<DataResponseRef<'_>> {
+        Some(DataResponseRef::Value {
+            value,
+            flags: 0,
+            version: 1,
+        })
+    }
+
+    #[test]
+    fn ordered_replies_leave_in_request_order_whatever_the_completion_order() {
+        let counters = Counters::default();
+        let (mut replies, input) = batch(true);
+        replies.answer(2, input, hit(b"c"), &counters);
+        replies.answer(1, input, Some(DataResponseRef::NotFound), &counters);
+        assert!(replies.out.is_empty(), "nothing may leave before reply 0");
+        replies.answer(0, input, hit(b"a"), &counters);
+        assert_eq!(
+            replies.out,
+            b"VALUE 0 0 1\r\na\r\nEND\r\nEND\r\nVALUE 2 0 1\r\nc\r\nEND\r\n"
+        );
+        assert_eq!(replies.unfinished, 1);
+        // A non-final answer sends the request down the slow path instead.
+        replies.answer(
+            3,
+            input,
+            Some(DataResponseRef::NotOwner { routing_version: 9 }),
+            &counters,
+        );
+        assert_eq!((replies.unfinished, replies.fallbacks), (1, 1));
+        replies.place(3, |out| out.extend_from_slice(b"END\r\n"));
+        assert_eq!(replies.unfinished, 0);
+        assert!(replies.out.ends_with(b"c\r\nEND\r\nEND\r\n"));
+        assert_eq!((counters.get_hits.get(), counters.get_misses.get()), (2, 1));
+    }
+
+    #[test]
+    fn unordered_replies_leave_as_they_complete_and_late_answers_are_ignored() {
+        let counters = Counters::default();
+        let (mut replies, input) = batch(false);
+        replies.answer(3, input, hit(b"d"), &counters);
+        replies.answer(1, input, hit(b"b"), &counters);
+        assert_eq!(
+            replies.out,
+            b"VALUE 3 0 1\r\nd\r\nEND\r\nVALUE 1 0 1\r\nb\r\nEND\r\n"
+        );
+        // A second answer for a finished slot (cannot happen, but must not corrupt anything).
+        replies.answer(3, input, hit(b"x"), &counters);
+        assert_eq!(replies.unfinished, 2);
+    }
 
     #[test]
     fn only_final_answers_finish_a_fast_request() {

@@ -20,7 +20,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -405,34 +404,32 @@ async fn read_loop<R: futures_lite::AsyncRead + Unpin>(
 }
 
 /// Expires pending calls whose deadline passed; runs while any call is pending.
-fn sweep(inner: Rc<Inner>) -> impl Future<Output = ()> {
-    async move {
-        loop {
-            runtime::sleep(inner.config.sweep_interval).await;
-            let now = Instant::now();
-            let expired: Vec<Pending> = {
-                let mut state = inner.state.borrow_mut();
-                let mut expired = Vec::new();
-                for entry in state.pending.iter_mut() {
-                    if entry.as_ref().is_some_and(|call| call.deadline <= now) {
-                        expired.extend(entry.take());
-                    }
+async fn sweep(inner: Rc<Inner>) {
+    loop {
+        runtime::sleep(inner.config.sweep_interval).await;
+        let now = Instant::now();
+        let expired: Vec<Pending> = {
+            let mut state = inner.state.borrow_mut();
+            let mut expired = Vec::new();
+            for entry in state.pending.iter_mut() {
+                if entry.as_ref().is_some_and(|call| call.deadline <= now) {
+                    expired.extend(entry.take());
                 }
-                while let Some(None) = state.pending.front() {
-                    state.pending.pop_front();
-                    state.first_id += 1;
-                }
-                if state.pending.is_empty() {
-                    inner.sweeping.set(false);
-                }
-                expired
-            };
-            for call in expired {
-                call.sink.complete(call.tag, Err(RpcError::Timeout));
             }
-            if !inner.sweeping.get() {
-                return;
+            while let Some(None) = state.pending.front() {
+                state.pending.pop_front();
+                state.first_id += 1;
             }
+            if state.pending.is_empty() {
+                inner.sweeping.set(false);
+            }
+            expired
+        };
+        for call in expired {
+            call.sink.complete(call.tag, Err(RpcError::Timeout));
+        }
+        if !inner.sweeping.get() {
+            return;
         }
     }
 }
