@@ -563,9 +563,16 @@ fn async_binary_answers_every_request() {
 
 #[test]
 fn memccapable_passes_every_check() {
+    // A missing memccapable fails the test (CI installs libmemcached-tools), unless told to skip.
     let Ok(path) = which("memccapable") else {
-        eprintln!("SKIPPED: memccapable (Debian libmemcached-tools) is not installed");
-        return;
+        if std::env::var("KUMO_SKIP_EXTERNAL").as_deref() == Ok("1") {
+            eprintln!("SKIPPED (KUMO_SKIP_EXTERNAL=1): memccapable is not installed");
+            return;
+        }
+        panic!(
+            "memccapable is not installed: apt-get install -y libmemcached-tools \
+             (or KUMO_SKIP_EXTERNAL=1)"
+        );
     };
     let cluster = FakeCluster::start(3);
     let out = std::process::Command::new(path)
@@ -584,8 +591,13 @@ fn memccapable_passes_every_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let passed = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("[pass]"))
+        .count();
     assert!(text.contains("All tests passed"), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
+    assert_eq!(passed, 54, "memccapable passed {passed} of 54\n{text}");
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {

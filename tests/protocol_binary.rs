@@ -110,10 +110,10 @@ fn touch_and_gat() {
         set(opcode::SET, b"tk", 7, b"v", 0),
         request(opcode::TOUCH, b"tk", &exp, &[], 0),
     ]);
-    // memcached: flags in the extras, no value.
+    // memcached: flags in the extras, no value; a touch does not change the CAS.
     assert_eq!(
         &out[24..],
-        &response(opcode::TOUCH, b"", &7u32.to_be_bytes(), 0, b"", 2)[..]
+        &response(opcode::TOUCH, b"", &7u32.to_be_bytes(), 0, b"", 1)[..]
     );
     let out = replies(&[
         set(opcode::SET, b"tk", 7, b"v", 0),
@@ -121,7 +121,7 @@ fn touch_and_gat() {
     ]);
     assert_eq!(
         &out[24..],
-        &response(opcode::GAT, b"", &7u32.to_be_bytes(), 0, b"v", 2)[..]
+        &response(opcode::GAT, b"", &7u32.to_be_bytes(), 0, b"v", 1)[..]
     );
     assert!(replies(&[request(opcode::GATQ, b"x", &exp, &[], 0)]).is_empty());
 }
@@ -259,7 +259,15 @@ fn misc_opcodes() {
         response(opcode::VERSION, b"", b"", 0, b"1.6.18", 0),
         response(opcode::NOOP, b"", b"", 0, b"", 0),
         response(opcode::FLUSH, b"", b"", 0, b"", 0),
-        response(opcode::VERBOSITY, b"", b"", 0, b"", 0),
+        // memcached 1.6.18 does not implement binary verbosity.
+        response(
+            opcode::VERBOSITY,
+            b"",
+            b"",
+            status::UNKNOWN_COMMAND,
+            b"Unknown command",
+            0,
+        ),
     ]
     .concat();
     assert_eq!(out, expected);
@@ -337,13 +345,30 @@ fn bad_headers_close_the_connection() {
     let mut bad = request(opcode::GET, b"k", &[], &[], 0);
     bad[0] = 0x81;
     assert_eq!(decoder.decode(&bad), Err(ProtocolError::BadMagic(0x81)));
-    // A body length smaller than key plus extras.
+    // A body length smaller than key plus extras: "Unknown command", then closed.
     let mut short = request(opcode::GET, b"kk", &[], &[], 0);
     short[11] = 1;
-    assert!(matches!(
+    assert_eq!(
         decoder.decode(&short),
-        Err(ProtocolError::InvalidBinary { .. })
-    ));
+        Err(ProtocolError::BinaryBodyTooShort {
+            opcode: opcode::GET,
+            opaque: OPAQUE
+        })
+    );
+    assert_eq!(
+        run(&[short]),
+        (
+            response(
+                opcode::GET,
+                b"",
+                b"",
+                status::UNKNOWN_COMMAND,
+                b"Unknown command",
+                0
+            ),
+            true
+        )
+    );
 }
 
 #[test]
@@ -484,4 +509,92 @@ fn async_binary_replies_in_any_order_match_by_opaque() {
         seen.push((opaque, reply[28], reply[29]));
     }
     assert_eq!(seen, [(3, b'c', b'c'), (1, b'a', b'a'), (2, b'b', b'b')]);
+}
+
+#[test]
+fn add_and_replace_with_a_cas_are_compare_and_swap() {
+    // memcached turns any store with a CAS into a compare-and-swap: an add of a missing key with
+    // a CAS answers "Not found", an add of an existing one with its CAS stores.
+    let out = replies(&[
+        set(opcode::ADD, b"k", 0, b"v", 5),
+        set(opcode::SET, b"k", 0, b"v", 0),
+        set(opcode::ADD, b"k", 0, b"w", 2),
+        set(opcode::REPLACE, b"k", 0, b"x", 2),
+    ]);
+    // (The test store spends a CAS on every store, failed or not.)
+    let expected = [
+        response(opcode::ADD, b"", b"", status::KEY_ENOENT, b"Not found", 0),
+        response(opcode::SET, b"", b"", 0, b"", 2),
+        response(opcode::ADD, b"", b"", 0, b"", 3),
+        response(
+            opcode::REPLACE,
+            b"",
+            b"",
+            status::KEY_EEXISTS,
+            b"Data exists for key.",
+            0,
+        ),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn incr_and_delete_compare_the_cas() {
+    let mut cas_incr = request(opcode::INCREMENT, b"n", &[0; 20], &[], 99);
+    cas_incr[31] = 1;
+    let out = replies(&[
+        set(opcode::SET, b"n", 0, b"5", 0),
+        cas_incr,
+        request(opcode::DELETE, b"n", &[], &[], 99),
+        request(opcode::DELETE, b"n", &[], &[], 1),
+    ]);
+    let exists = |op| {
+        response(
+            op,
+            b"",
+            b"",
+            status::KEY_EEXISTS,
+            b"Data exists for key.",
+            0,
+        )
+    };
+    let expected = [
+        response(opcode::SET, b"", b"", 0, b"", 1),
+        exists(opcode::INCREMENT),
+        exists(opcode::DELETE),
+        response(opcode::DELETE, b"", b"", 0, b"", 0),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn sasl_lengths_are_checked_then_answered_unknown() {
+    let einval = |op| response(op, b"", b"", status::EINVAL, b"Invalid arguments", 0);
+    let unknown = |op| response(op, b"", b"", status::UNKNOWN_COMMAND, b"Unknown command", 0);
+    assert_eq!(
+        run(&[request(opcode::SASL_LIST_MECHS, b"k", &[], &[], 0)]),
+        (einval(opcode::SASL_LIST_MECHS), true)
+    );
+    assert_eq!(
+        run(&[request(opcode::SASL_AUTH, b"", &[], &[], 0)]),
+        (einval(opcode::SASL_AUTH), true)
+    );
+    assert_eq!(
+        run(&[request(opcode::SASL_STEP, b"PLAIN", &[0; 4], b"x", 0)]),
+        (einval(opcode::SASL_STEP), true)
+    );
+    let out = replies(&[
+        request(opcode::SASL_AUTH, b"PLAIN", &[], b"\0user\0pass", 0),
+        request(opcode::NOOP, b"", &[], &[], 0),
+    ]);
+    assert_eq!(
+        out,
+        [
+            unknown(opcode::SASL_AUTH),
+            response(opcode::NOOP, b"", b"", 0, b"", 0)
+        ]
+        .concat()
+    );
 }

@@ -156,6 +156,7 @@ fn command(spec: &Spec) -> Command<'_> {
             delta: *delta,
             initial: None,
             cas: 0,
+            touch: None,
         },
         Spec::Touch(k, exptime) => Command::Touch {
             key: key(k),
@@ -374,7 +375,7 @@ proptest! {
                 Spec::Arith(incr, k, delta) => {
                     let op = if *incr { opcode::INCREMENTQ } else { opcode::DECREMENT };
                     let initial = quiet.then_some((*delta / 2, 30));
-                    (Command::Arith { incr: *incr, key: Cow::Borrowed(&k[..]), delta: *delta, initial, cas: 0 }, op)
+                    (Command::Arith { incr: *incr, key: Cow::Borrowed(&k[..]), delta: *delta, initial, cas: 0, touch: None }, op)
                 }
                 Spec::Touch(k, exptime) => {
                     let touch = Some(i64::from(*exptime as u32));
@@ -382,7 +383,8 @@ proptest! {
                 }
                 Spec::Flush(delay) => (Command::FlushAll { delay: i64::from(*delay as u32) }, opcode::FLUSHQ),
                 Spec::Version => (Command::Version, opcode::VERSION),
-                Spec::Verbosity(level) => (Command::Verbosity { level: *level }, opcode::VERBOSITY),
+                // memcached 1.6.18 has no binary verbosity (it is an unknown command).
+                Spec::Verbosity(_) => (Command::Noop, opcode::NOOP),
             };
             let mut ctx = ReplyContext::text();
             ctx.dialect = Dialect::Binary;

@@ -22,6 +22,30 @@ fn value(e: &mut Engine, key: &[u8]) -> Option<Vec<u8>> {
     e.get(key).unwrap().map(|i| i.value)
 }
 
+/// Runs compaction steps until it has nothing left to do; returns the segments retired.
+fn compact_until_idle(e: &mut Engine) -> u64 {
+    let mut retired = 0;
+    for _ in 0..10_000 {
+        let p = e.compact_step(64).unwrap();
+        retired += p.segments_retired;
+        if p.idle {
+            return retired;
+        }
+    }
+    panic!("compaction never went idle");
+}
+
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("seg-") && name.ends_with(".log")
+        })
+        .count()
+}
+
 #[test]
 fn put_get_overwrite_and_limits() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,8 +230,10 @@ fn flush_iterate_retain_and_gc() {
     let before = e.stats().tombstones;
     assert_eq!(before, 1);
     e.gc_tombstones(1000).unwrap();
+    compact_until_idle(&mut e);
     assert_eq!(e.stats().tombstones, 1);
     e.gc_tombstones(50).unwrap();
+    compact_until_idle(&mut e);
     assert_eq!(e.stats().tombstones, 0);
     assert_eq!(
         e.put_if_newer(b"k9", b"again", 0, 0, 1).unwrap(),
@@ -233,7 +259,7 @@ fn compaction_reclaims_space_and_keeps_data() {
     let mut removed = 0;
     for _ in 0..1000 {
         let p = e.compact_step(64).unwrap();
-        removed += p.segments_removed;
+        removed += p.segments_retired;
         // Reads and writes interleave with compaction steps.
         assert_eq!(value(&mut e, b"key3"), Some(b"value-19-3".to_vec()));
         if p.idle {
@@ -242,6 +268,11 @@ fn compaction_reclaims_space_and_keeps_data() {
     }
     let after = e.stats();
     assert!(removed > 0);
+    // Retired files stay until a sync round has made the copies durable.
+    let files_before_sync = segment_files(dir.path());
+    assert_eq!(files_before_sync as u64, after.segments + removed);
+    e.sync().unwrap();
+    assert_eq!(segment_files(dir.path()) as u64, after.segments);
     assert!(
         after.bytes_garbage < before.bytes_garbage,
         "{before:?} {after:?}"
@@ -299,7 +330,7 @@ fn snapshot_then_compaction_then_restart() {
     let mut removed = 0;
     for _ in 0..500 {
         let p = e.compact_step(32).unwrap();
-        removed += p.segments_removed;
+        removed += p.segments_retired;
         if p.idle {
             break;
         }
@@ -362,4 +393,100 @@ fn chunked_scans_visit_each_key_once_despite_writes_between_chunks() {
     }
     assert_eq!(dropped, chunks * 40);
     assert_eq!(e.stats().items, 499);
+}
+
+#[test]
+fn counters_track_items_bytes_and_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    let rec = |key: usize, value: usize| (kumofs::storage::record::HEADER_LEN + key + value) as u64;
+    e.put(b"a", b"1111", 0, 0, 1).unwrap();
+    e.put(b"bb", b"22", 0, 0, 2).unwrap();
+    e.put(b"a", b"333", 0, 0, 3).unwrap();
+    assert!(e.get(b"a").unwrap().is_some());
+    assert!(e.get(b"zz").unwrap().is_none());
+    assert_eq!(e.delete(b"bb", 4).unwrap(), WriteOutcome::Deleted);
+    assert_eq!(e.delete(b"bb", 5).unwrap(), WriteOutcome::NotFound);
+    let s = e.stats();
+    assert_eq!((s.items, s.tombstones), (1, 1));
+    assert_eq!((s.sets, s.deletes, s.gets), (3, 1, 2));
+    assert_eq!(s.bytes_live, rec(1, 3) + rec(2, 0));
+    assert_eq!(s.bytes_garbage, rec(1, 4) + rec(2, 2));
+    assert_eq!(s.segments, 1);
+    // Items and bytes are recomputed on open; operation counters count this process only.
+    drop(e);
+    let e = open(dir.path());
+    let r = e.stats();
+    assert_eq!((r.items, r.tombstones), (1, 1));
+    assert_eq!(
+        (r.bytes_live, r.bytes_garbage),
+        (s.bytes_live, s.bytes_garbage)
+    );
+    assert_eq!((r.sets, r.deletes, r.gets), (0, 0, 0));
+}
+
+#[test]
+fn compacted_segments_are_deleted_only_after_a_round_that_began_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    for round in 0..10u64 {
+        for k in 0..30u64 {
+            e.put(
+                format!("key{k}").as_bytes(),
+                b"some value bytes",
+                0,
+                0,
+                round * 100 + k + 1,
+            )
+            .unwrap();
+        }
+    }
+    let early = e.begin_sync().unwrap();
+    let retired = compact_until_idle(&mut e);
+    assert!(retired > 0);
+    let files = segment_files(dir.path());
+    // A round that began before the retirement does not cover the copies.
+    assert_eq!(e.finish_sync(early, true).unwrap(), 0);
+    assert_eq!(segment_files(dir.path()), files);
+    // A failed round deletes nothing and leaves everything pending.
+    e.put(b"late", b"write", 0, 0, 5000).unwrap();
+    let failed = e.begin_sync().unwrap();
+    assert_eq!(e.finish_sync(failed, false).unwrap(), 0);
+    assert!(e.has_unsynced() && e.needs_housekeeping_sync());
+    assert_eq!(segment_files(dir.path()), files);
+    let mut round = e.begin_sync().unwrap();
+    for file in round.take_files() {
+        file.sync_data().unwrap();
+    }
+    assert_eq!(e.finish_sync(round, true).unwrap(), retired);
+    assert_eq!(segment_files(dir.path()) as u64, files as u64 - retired);
+    for k in 0..30u64 {
+        assert_eq!(
+            value(&mut e, format!("key{k}").as_bytes()),
+            Some(b"some value bytes".to_vec())
+        );
+    }
+}
+
+#[test]
+fn buffered_appends_are_readable_and_reach_the_file_on_write_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    e.put(b"k", b"buffered", 0, 0, 1).unwrap();
+    assert!(e.has_tail());
+    assert_eq!(value(&mut e, b"k"), Some(b"buffered".to_vec()));
+    let seg = dir.path().join("seg-00000001.log");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 0);
+    e.write_out().unwrap();
+    assert!(!e.has_tail());
+    let on_disk = std::fs::metadata(&seg).unwrap().len();
+    assert_eq!(
+        on_disk,
+        (kumofs::storage::record::HEADER_LEN + 1 + 8) as u64
+    );
+    // Read back through the memory map now, and after more appends past it.
+    assert_eq!(value(&mut e, b"k"), Some(b"buffered".to_vec()));
+    e.put(b"k2", b"x", 0, 0, 2).unwrap();
+    assert_eq!(value(&mut e, b"k"), Some(b"buffered".to_vec()));
+    assert_eq!(value(&mut e, b"k2"), Some(b"x".to_vec()));
 }

@@ -1,9 +1,16 @@
 //! Property test: the engine against a HashMap model, through random operation sequences that
-//! include restarts (with and without the index snapshot), compaction steps, GC and flushes.
+//! include restarts (with and without the index snapshot), compaction steps, tombstone GC (by age
+//! and by version), flushes and drops by predicate.
+//!
+//! GC makes the engine's state partly its own choice: compaction may drop an expired value or a
+//! tombstone that the GC bounds allow, or keep it. The model tracks such records as "maybe gone":
+//! they read as missing either way, and a conditional write older than them may be refused (still
+//! held) or accepted (dropped). Everything else is exact, so a tombstone younger than the minimum
+//! age, or at or above the version bound, must always still refuse an older replicated write.
 
 use std::collections::HashMap;
 
-use kumofs::storage::{Config, Durability, Engine, IncrOutcome, Item, WriteOutcome};
+use kumofs::storage::{Config, Durability, Engine, IncrOutcome, Item, TombstoneGc, WriteOutcome};
 use proptest::prelude::*;
 
 const T0: u32 = 1_000_000;
@@ -35,8 +42,9 @@ enum Op {
     Get(u8),
     Advance(u8),
     Compact(u8),
-    Gc(u8),
+    Gc(u8, Option<u8>),
     Flush,
+    Retain(u8),
     Reopen(bool),
 }
 
@@ -58,8 +66,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => k.prop_map(Op::Get),
         1 => (0u8..8).prop_map(Op::Advance),
         1 => any::<u8>().prop_map(Op::Compact),
-        1 => (0u8..8).prop_map(Op::Gc),
+        1 => (0u8..8, proptest::option::of(0u8..40)).prop_map(|(a, b)| Op::Gc(a, b)),
         1 => Just(Op::Flush),
+        1 => (0u8..12).prop_map(Op::Retain),
         1 => any::<bool>().prop_map(Op::Reopen),
     ]
 }
@@ -71,12 +80,27 @@ struct Rec {
     version: u64,
     expiry: u32,
     tomb: bool,
+    /// GC may have dropped it from the engine (see the module docs).
+    maybe_gone: bool,
 }
 
 struct Model {
     map: HashMap<Vec<u8>, Rec>,
     now: u32,
     flush: u64,
+    /// The GC bounds the engine holds (forgotten on restart).
+    gc: Option<TombstoneGc>,
+}
+
+/// What a conditional write older than the held record may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Nothing (or only a flushed record) is held: the write goes in.
+    No,
+    /// A record at least as new is held: refused.
+    Yes,
+    /// A record at least as new may or may not still be held.
+    Maybe,
 }
 
 impl Model {
@@ -85,11 +109,34 @@ impl Model {
             !r.tomb && r.version >= self.flush && (r.expiry == 0 || r.expiry > self.now)
         })
     }
-    fn held_version(&self, key: &[u8]) -> Option<u64> {
-        self.map
-            .get(key)
-            .map(|r| r.version)
-            .filter(|&v| v >= self.flush)
+    fn held(&self, key: &[u8], version: u64) -> Held {
+        match self.map.get(key) {
+            Some(r) if r.version >= self.flush && r.version >= version => {
+                if r.maybe_gone {
+                    Held::Maybe
+                } else {
+                    Held::Yes
+                }
+            }
+            _ => Held::No,
+        }
+    }
+    /// After compaction steps: mark what the engine may have dropped by now.
+    fn compacted(&mut self) {
+        let (now, gc, flush) = (self.now, self.gc, self.flush);
+        for r in self.map.values_mut() {
+            let droppable = if r.version < flush {
+                true
+            } else if r.tomb {
+                gc.is_some_and(|gc| {
+                    now.saturating_sub(r.expiry) >= gc.min_age_secs
+                        && gc.below_version.is_none_or(|b| r.version < b)
+                })
+            } else {
+                r.expiry != 0 && r.expiry <= now
+            };
+            r.maybe_gone |= droppable;
+        }
     }
     fn set(&mut self, key: &[u8], value: Vec<u8>, flags: u32, expiry: u32, version: u64) {
         self.map.insert(
@@ -100,6 +147,7 @@ impl Model {
                 version,
                 expiry,
                 tomb: false,
+                maybe_gone: false,
             },
         );
     }
@@ -113,6 +161,7 @@ impl Model {
                 version,
                 expiry,
                 tomb: true,
+                maybe_gone: false,
             },
         );
     }
@@ -146,12 +195,9 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
         map: HashMap::new(),
         now: T0,
         flush: 0,
+        gc: None,
     };
-    let mut version = 100u64;
-    let mut gc_since_snapshot = false;
-    for op in ops {
-        version += 1;
-        let v = version;
+    for (v, op) in (101u64..).zip(ops) {
         match op {
             Op::Put(k, x) => {
                 let (key, val, exp) = (key_of(k), val_of(x), exp_of(x, m.now));
@@ -161,13 +207,16 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::PutIfNewer(k, x, back) => {
                 let ver = v - u64::from(back) * 3;
                 let (key, val) = (key_of(k), val_of(x));
-                let want = if m.held_version(&key).is_some_and(|h| h >= ver) {
-                    WriteOutcome::NotStored
-                } else {
-                    m.set(&key, val.clone(), 1, 0, ver);
-                    WriteOutcome::Stored
-                };
-                prop_assert_eq!(e.put_if_newer(&key, &val, 1, 0, ver).unwrap(), want);
+                let got = e.put_if_newer(&key, &val, 1, 0, ver).unwrap();
+                match (m.held(&key, ver), got) {
+                    (Held::Yes | Held::Maybe, WriteOutcome::NotStored) => {}
+                    (Held::No | Held::Maybe, WriteOutcome::Stored) => {
+                        m.set(&key, val.clone(), 1, 0, ver)
+                    }
+                    (held, got) => {
+                        prop_assert!(false, "put_if_newer: held {:?}, got {:?}", held, got)
+                    }
+                }
             }
             Op::Cas(k, x, matching) => {
                 let key = key_of(k);
@@ -204,13 +253,14 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::DeleteIfNewer(k, back) => {
                 let key = key_of(k);
                 let ver = v - u64::from(back) * 3;
-                let want = if m.held_version(&key).is_some_and(|h| h >= ver) {
-                    WriteOutcome::NotStored
-                } else {
-                    m.tomb(&key, ver);
-                    WriteOutcome::Deleted
-                };
-                prop_assert_eq!(e.delete_if_newer(&key, ver).unwrap(), want);
+                let got = e.delete_if_newer(&key, ver).unwrap();
+                match (m.held(&key, ver), got) {
+                    (Held::Yes | Held::Maybe, WriteOutcome::NotStored) => {}
+                    (Held::No | Held::Maybe, WriteOutcome::Deleted) => m.tomb(&key, ver),
+                    (held, got) => {
+                        prop_assert!(false, "delete_if_newer: held {:?}, got {:?}", held, got)
+                    }
+                }
             }
             Op::Add(k, x) | Op::Replace(k, x) => {
                 let is_add = matches!(op, Op::Add(..));
@@ -309,39 +359,38 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Compact(budget) => {
                 e.compact_step(u64::from(budget) + 1).unwrap();
+                m.compacted();
             }
-            Op::Gc(age) => {
-                // Only non-live entries may vanish; which tombstones go is the engine's business,
-                // so the model forgets tombstones old enough (all reads of them agree either way
-                // except put_if_newer, which the model then cannot predict: drop them from both).
-                e.gc_tombstones(u32::from(age)).unwrap();
-                gc_since_snapshot = true;
-                let mut dropped = Vec::new();
-                for (key, r) in &m.map {
-                    if r.tomb || r.version < m.flush || (r.expiry != 0 && r.expiry <= m.now) {
-                        dropped.push(key.clone());
-                    }
-                }
-                for key in dropped {
-                    // Align both: whatever the engine kept, make it forget too by flushing nothing;
-                    // instead, overwrite with a fresh value in both so later ops stay predictable.
-                    version += 1;
-                    e.put(&key, b"refreshed", 0, 0, version).unwrap();
-                    m.set(&key, b"refreshed".to_vec(), 0, 0, version);
-                }
+            Op::Gc(age, bound) => {
+                let gc = TombstoneGc {
+                    min_age_secs: u32::from(age),
+                    below_version: bound.map(|b| v.saturating_sub(u64::from(b) * 3)),
+                };
+                e.collect_tombstones(gc).unwrap();
+                m.gc = Some(gc);
             }
             Op::Flush => {
                 e.flush(v).unwrap();
                 m.flush = v;
             }
+            Op::Retain(k) => {
+                // As the server does after a rebalance: drop, then persist the drop by a snapshot.
+                let gone = key_of(k);
+                let dropped = e.retain(|key| key != gone.as_slice()).unwrap();
+                let held = m.map.remove(&gone);
+                if held.as_ref().is_some_and(|r| !r.maybe_gone) {
+                    prop_assert_eq!(dropped, 1);
+                }
+                e.write_snapshot().unwrap();
+            }
             Op::Reopen(snapshot) => {
-                if snapshot || gc_since_snapshot {
+                if snapshot {
                     e.write_snapshot().unwrap();
-                    gc_since_snapshot = false;
                 }
                 drop(e);
                 e = open(dir.path());
                 e.set_clock(Some(m.now));
+                m.gc = None;
             }
         }
     }

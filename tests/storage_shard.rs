@@ -84,3 +84,53 @@ fn group_commit_syncs_in_the_background() {
     assert_eq!(report.records_scanned, 0);
     assert_eq!(engine.get(b"after").unwrap().unwrap().value, b"w");
 }
+
+#[test]
+fn group_commit_keeps_its_interval_on_a_busy_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let (rounds, writes, tail_after_yield) = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .ring_depth(32)
+        .spawn(move || async move {
+            let mut cfg = Config::new(&path);
+            cfg.durability = Durability::GroupCommit(Duration::from_millis(10));
+            let (engine, _) = Engine::open(cfg).unwrap();
+            let store = ShardStore::new(engine);
+            let maintenance = store.spawn_maintenance();
+            // Never idle: the executor's timers alone would fire only between time slices.
+            let began = std::time::Instant::now();
+            let mut writes = 0u64;
+            let mut tail_after_yield = false;
+            while began.elapsed() < Duration::from_millis(400) {
+                for _ in 0..16 {
+                    let key = format!("k{writes}");
+                    store
+                        .engine()
+                        .put(key.as_bytes(), b"v", 0, 0, writes + 1)
+                        .unwrap();
+                    store.durable().await.unwrap();
+                    writes += 1;
+                }
+                futures_lite::future::yield_now().await;
+            }
+            let rounds = store.fsyncs();
+            // The writer (in the store's latency-sensitive queue) writes the tail out within
+            // about a millisecond of the last batch, without any timer.
+            for _ in 0..3 {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            tail_after_yield |= store.engine().has_tail();
+            drop(maintenance);
+            (rounds, writes, tail_after_yield)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(!tail_after_yield, "appends were left in memory");
+    // About 40 intervals passed; allow for a slow, shared machine.
+    assert!(
+        rounds >= 10,
+        "{rounds} fsync rounds in 400 ms for {writes} writes"
+    );
+}

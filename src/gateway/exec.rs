@@ -117,6 +117,7 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>, counted: bool) -> (Planned,
             delta,
             initial,
             cas: _,
+            touch: _,
         } => {
             count(&c.cmd_arith);
             let op = match incr {

@@ -63,6 +63,8 @@ pub mod opcode {
     pub const GAT: u8 = 0x1d;
     pub const GATQ: u8 = 0x1e;
     pub const SASL_LIST_MECHS: u8 = 0x20;
+    pub const SASL_AUTH: u8 = 0x21;
+    pub const SASL_STEP: u8 = 0x22;
     pub const GATK: u8 = 0x23;
     pub const GATKQ: u8 = 0x24;
 }
@@ -104,11 +106,12 @@ impl Header {
         }
     }
 
-    /// Whether the lengths fit the opcode, as memcached 1.6 checks them.
+    /// Whether the lengths fit the opcode, as memcached 1.6 checks them (the body is known to hold
+    /// the key and extras).
     fn lengths_ok(&self, limits: &Limits) -> bool {
         use opcode::*;
         let (k, e, b) = (self.key_len, self.extras_len, self.body_len);
-        if k > limits.max_key || b < k + e {
+        if k > limits.max_key {
             return false;
         }
         match base_opcode(self.opcode) {
@@ -119,9 +122,10 @@ impl Header {
             INCREMENT | DECREMENT => e == 20 && k > 0 && b == k + 20,
             QUIT | NOOP | VERSION => e == 0 && k == 0 && b == 0,
             FLUSH => (e == 0 || e == 4) && k == 0 && b == e,
-            VERBOSITY => e == 4 && k == 0 && b == 4,
             STAT => e == 0 && b == k,
             TOUCH | GAT | GATK => e == 4 && k > 0 && b == k + 4,
+            SASL_LIST_MECHS => e == 0 && k == 0 && b == 0,
+            SASL_AUTH | SASL_STEP => e == 0 && k > 0,
             _ => true,
         }
     }
@@ -190,6 +194,12 @@ impl BinaryDecoder {
         }
         let header = Header::parse(head);
         let ctx = context(header.opcode, header.opaque);
+        if header.body_len < header.key_len + header.extras_len {
+            return Err(ProtocolError::BinaryBodyTooShort {
+                opcode: header.opcode,
+                opaque: header.opaque,
+            });
+        }
         if !header.lengths_ok(&self.limits) {
             return Err(ProtocolError::InvalidBinary {
                 opcode: header.opcode,
@@ -250,7 +260,6 @@ fn known_opcode(base: u8) -> bool {
             | APPEND
             | PREPEND
             | STAT
-            | VERBOSITY
             | TOUCH
             | GAT
             | GATK
@@ -290,14 +299,14 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
     let base = base_opcode(header.opcode);
     let owned_key = Cow::Borrowed(key);
     let cas = (header.cas != 0).then_some(header.cas);
+    // memcached turns a set, add or replace that carries a CAS into a plain compare-and-swap.
     let store = |mode: StoreMode| Command::Store {
-        mode,
+        mode: if cas.is_some() { StoreMode::Set } else { mode },
         key: Cow::Borrowed(key),
         flags: be_u32(extras, 0),
         exptime: i64::from(be_u32(extras, 4)),
         value,
-        // An add has nothing to compare with.
-        cas: if mode == StoreMode::Add { None } else { cas },
+        cas,
     };
     match base {
         GET | GETK => Command::Get {
@@ -342,6 +351,7 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
                 delta: be_u64(extras, 0),
                 initial,
                 cas: header.cas,
+                touch: None,
             }
         }
         // memcached answers a binary touch like a GAT without the value (flags in the extras), so
@@ -356,9 +366,6 @@ fn command<'a>(header: &Header, extras: &[u8], key: &'a [u8], value: &'a [u8]) -
         }
         FLUSH => Command::FlushAll {
             delay: i64::from(be_u32(extras, 0)),
-        },
-        VERBOSITY => Command::Verbosity {
-            level: be_u32(extras, 0),
         },
         STAT => Command::Stats { sub: key },
         VERSION => Command::Version,
@@ -523,7 +530,10 @@ pub(crate) fn encode(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
                 write_status(out, ctx, status::SUCCESS, 0);
             }
         }
-        Reply::Number(number, cas) => {
+        Reply::Number(number, cas)
+        | Reply::Counter {
+            value: number, cas, ..
+        } => {
             if !ctx.quiet {
                 write_header(
                     out,

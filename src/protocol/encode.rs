@@ -50,7 +50,7 @@ fn encode_text(reply: &Reply<'_>, ctx: &ReplyContext, out: &mut Vec<u8>) {
         Reply::NotFound => b"NOT_FOUND",
         Reply::Deleted => b"DELETED",
         Reply::Touched => b"TOUCHED",
-        Reply::Number(number, _) => {
+        Reply::Number(number, _) | Reply::Counter { value: number, .. } => {
             push_u64(out, number);
             b""
         }
@@ -88,6 +88,10 @@ pub(crate) fn write_text_error(error: ErrorReply, out: &mut Vec<u8>) {
         ErrorReply::InvalidDelta => b"CLIENT_ERROR invalid numeric delta argument",
         ErrorReply::NonNumeric => b"CLIENT_ERROR cannot increment or decrement non-numeric value",
         ErrorReply::InvalidFlag => b"CLIENT_ERROR invalid flag",
+        ErrorReply::Client(message) => {
+            out.extend_from_slice(b"CLIENT_ERROR ");
+            message.as_bytes()
+        }
         ErrorReply::InvalidMode => b"CLIENT_ERROR invalid mode for ms M token",
         ErrorReply::OpaqueTooLong => b"CLIENT_ERROR opaque token too long",
         ErrorReply::KeyDecode => b"CLIENT_ERROR error decoding key",

@@ -32,15 +32,20 @@
 //! - `TooLarge { remove_old }`: answer `Reply::Error(ErrorReply::TooLarge)` and delete the key if
 //!   `remove_old`. `Skip`: nothing. `Reject(e)`: answer `Reply::Error(e)`.
 //! - `Stats { sub }`: classify with [`StatsGroup::parse`] (binary: unknown group -> `Reply::NotFound`).
+//! - `Arith`: compare `cas` when non-zero (`Reply::Exists`), set the `touch` expiry when applied, and
+//!   answer [`Reply::Counter`] (with the TTL, for meta `t`) or `Reply::Number`.
 //! - `Quit`: encode `Reply::Quit` (binary answers it unless quiet), write, close.
 //! - On `Err(e)`: write `e.farewell()`, then close.
 //!
 //! # Deliberate differences from memcached 1.6.18
 //!
-//! Keys with control characters are refused (`CLIENT_ERROR bad command line format`). A get line is
-//! bounded by [`Limits::max_get_line`]. Meta: `k` with `b` echoes the key base64 encoded (as later
-//! memcached does); status lines echo `k` only through [`encode_keyed`]; `me` and the flags
-//! that need item metadata we do not keep (`h l N R E I x`) are refused with a clear error.
+//! Checked against a real memcached 1.6.18 by `tests/protocol_diff_*.rs`; the full list, and issue
+//! 3 item by item, is in `src/protocol/CONFORMANCE.md`. In short: keys with control characters and
+//! out-of-range numbers are refused (memcached accepts or wraps them); the item limit counts the
+//! value only; a get line is bounded by [`Limits::max_get_line`]; meta `k` with `b` always echoes
+//! base64; the meta flags that need item metadata kumofs does not keep (`mg h l N R`, `md I`, `ms I`
+//! with `C`) are refused with `CLIENT_ERROR invalid flag` and `me` with `SERVER_ERROR`; a binary
+//! unknown command's body (binary verbosity is one) is swallowed exactly.
 
 mod base64;
 mod binary;
@@ -100,13 +105,22 @@ pub enum ProtocolError {
     BadMagic(u8),
     /// A binary header whose lengths do not fit its opcode: answered 0x0004 and closed.
     InvalidBinary { opcode: u8, opaque: u32 },
+    /// A binary header whose body is shorter than its key and extras: answered 0x0081 (as
+    /// memcached 1.6.18 does) and closed.
+    BinaryBodyTooShort { opcode: u8, opaque: u32 },
 }
 
 impl ProtocolError {
     /// The bytes memcached sends before closing.
     pub fn farewell(&self, out: &mut Vec<u8>) {
-        if let ProtocolError::InvalidBinary { opcode, opaque } = *self {
-            binary::write_error(out, opcode, opaque, status::EINVAL);
+        match *self {
+            ProtocolError::InvalidBinary { opcode, opaque } => {
+                binary::write_error(out, opcode, opaque, status::EINVAL)
+            }
+            ProtocolError::BinaryBodyTooShort { opcode, opaque } => {
+                binary::write_error(out, opcode, opaque, status::UNKNOWN_COMMAND)
+            }
+            _ => {}
         }
     }
 }
@@ -119,6 +133,12 @@ impl fmt::Display for ProtocolError {
             ProtocolError::BadMagic(b) => write!(f, "bad binary magic byte 0x{b:02x}"),
             ProtocolError::InvalidBinary { opcode, .. } => {
                 write!(f, "invalid binary request header for opcode 0x{opcode:02x}")
+            }
+            ProtocolError::BinaryBodyTooShort { opcode, .. } => {
+                write!(
+                    f,
+                    "binary body shorter than key and extras, opcode 0x{opcode:02x}"
+                )
             }
         }
     }

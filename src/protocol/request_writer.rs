@@ -80,6 +80,7 @@ pub fn write_text_request(command: &Command<'_>, noreply: bool, out: &mut Vec<u8
             delta,
             initial: None,
             cas: 0,
+            touch: None,
         } => {
             word(out, if *incr { b"incr" } else { b"decr" });
             word(out, key);
@@ -204,6 +205,7 @@ pub fn write_binary_request(request: &Request<'_>, out: &mut Vec<u8>) -> bool {
                 delta,
                 initial,
                 cas,
+                touch: None,
                 ..
             },
             opcode::INCREMENT | opcode::DECREMENT,

@@ -246,7 +246,7 @@ impl TextDecoder {
                     _ => hold_zero && noreply,
                 };
                 if !valid {
-                    return reject(ErrorReply::BadDeleteUsage);
+                    return quiet_reject(ErrorReply::BadDeleteUsage, noreply);
                 }
                 if !self.limits.key_ok(key) {
                     return quiet_reject(ErrorReply::BadCommandLine, noreply);
@@ -273,6 +273,7 @@ impl TextDecoder {
                     delta,
                     initial: None,
                     cas: 0,
+                    touch: None,
                 };
                 with(command, noreply)
             }
@@ -308,6 +309,9 @@ impl TextDecoder {
                 None if noreply => with(Command::Verbosity { level: 0 }, true),
                 None => reject(ErrorReply::BadCommandLine),
             },
+            (b"stats", _) if stats_usage_error(args).is_some() => {
+                reject(stats_usage_error(args).unwrap_or(ErrorReply::UnknownCommand))
+            }
             (b"stats", _) if StatsGroup::parse(rest).is_none() => {
                 reject(ErrorReply::UnknownCommand)
             }
@@ -320,6 +324,22 @@ impl TextDecoder {
             (b"quit", _) => with(Command::Quit, false),
             _ => reject(ErrorReply::UnknownCommand),
         }
+    }
+}
+
+/// The errors memcached gives the two `stats` sub-commands that take arguments.
+fn stats_usage_error(args: &[&[u8]]) -> Option<ErrorReply> {
+    match args {
+        [b"detail"] | [b"detail", ..]
+            if !matches!(args.get(1), Some(&(b"on" | b"off" | b"dump"))) =>
+        {
+            Some(ErrorReply::Client("usage: stats detail on|off|dump"))
+        }
+        [b"cachedump"] | [b"cachedump", _] => Some(ErrorReply::Client("bad command line")),
+        [b"cachedump", id, limit, ..] if parse_u32(id).is_none() || parse_u32(limit).is_none() => {
+            Some(ErrorReply::BadCommandLine)
+        }
+        _ => None,
     }
 }
 
@@ -398,11 +418,14 @@ pub(crate) fn collect(rest: &[u8]) -> Option<([&[u8]; MAX_TOKENS], usize)> {
     Some((out, count))
 }
 
+/// An unsigned decimal with an optional `+`, as `strtoull` reads it (memcached accepts `+5`);
+/// `None` if empty, not a number, or over `u64::MAX`.
 pub(crate) fn parse_u64(token: &[u8]) -> Option<u64> {
-    if token.is_empty() || token.len() > 20 || !token.iter().all(u8::is_ascii_digit) {
+    let digits = token.strip_prefix(b"+").unwrap_or(token);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    token.iter().try_fold(0u64, |n, &d| {
+    digits.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
 }
@@ -413,7 +436,7 @@ pub(crate) fn parse_u32(token: &[u8]) -> Option<u32> {
 
 pub(crate) fn parse_i64(token: &[u8]) -> Option<i64> {
     match token.split_first() {
-        Some((b'-', digits)) => parse_u64(digits)
+        Some((b'-', digits)) if !digits.starts_with(b"+") => parse_u64(digits)
             .and_then(|n| i64::try_from(n).ok())
             .map(|n| -n),
         _ => parse_u64(token).and_then(|n| i64::try_from(n).ok()),

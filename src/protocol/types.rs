@@ -85,13 +85,16 @@ pub enum Command<'a> {
         key: Cow<'a, [u8]>,
         cas: u64,
     },
-    /// incr/decr. `initial` (binary and meta) creates a missing key with that value and expiry.
+    /// incr/decr. `initial` (binary and meta `N`/`J`) creates a missing key with that value and
+    /// expiry; `cas` non-zero applies the delta only if the CAS token matches (binary and meta
+    /// `C`, otherwise `Exists`); `touch` (meta `T`) sets a new expiry when the delta was applied.
     Arith {
         incr: bool,
         key: Cow<'a, [u8]>,
         delta: u64,
         initial: Option<(u64, Exptime)>,
         cas: u64,
+        touch: Option<Exptime>,
     },
     Touch {
         key: Cow<'a, [u8]>,
@@ -139,34 +142,38 @@ pub enum StatsGroup {
     Settings,
     Items,
     Slabs,
+    /// `sizes`, and `sizes_enable`/`sizes_disable` (kumofs keeps no size histogram).
     Sizes,
     Conns,
     /// Answered `RESET` ([`Reply::Reset`]).
     Reset,
     /// `detail on|off`, answered `OK`.
     Detail(bool),
-    /// `detail dump`, answered with an empty list.
+    /// Answered with an empty list (`END`): `detail dump`, and `cachedump <class> <limit>` and
+    /// `extstore`, which kumofs (no slab classes, no external storage) has nothing to list for.
     DetailDump,
 }
 
 impl StatsGroup {
-    /// None for a group memcached answers `ERROR` to.
+    /// None for a group memcached answers `ERROR` to. As in memcached, words after a group name
+    /// are ignored, except for `detail` (whose usage errors the text decoder answers itself).
     pub fn parse(sub: &[u8]) -> Option<StatsGroup> {
         let mut words = sub.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let group = match (words.next(), words.next()) {
             (None, _) => StatsGroup::General,
-            (Some(b"settings"), None) => StatsGroup::Settings,
-            (Some(b"items"), None) => StatsGroup::Items,
-            (Some(b"slabs"), None) => StatsGroup::Slabs,
-            (Some(b"sizes"), None) => StatsGroup::Sizes,
-            (Some(b"conns"), None) => StatsGroup::Conns,
-            (Some(b"reset"), None) => StatsGroup::Reset,
+            (Some(b"settings"), _) => StatsGroup::Settings,
+            (Some(b"items"), _) => StatsGroup::Items,
+            (Some(b"slabs"), _) => StatsGroup::Slabs,
+            (Some(b"sizes" | b"sizes_enable" | b"sizes_disable"), _) => StatsGroup::Sizes,
+            (Some(b"conns"), _) => StatsGroup::Conns,
+            (Some(b"reset"), _) => StatsGroup::Reset,
             (Some(b"detail"), Some(b"on")) => StatsGroup::Detail(true),
             (Some(b"detail"), Some(b"off")) => StatsGroup::Detail(false),
             (Some(b"detail"), Some(b"dump")) => StatsGroup::DetailDump,
+            (Some(b"cachedump" | b"extstore"), _) => StatsGroup::DetailDump,
             _ => return None,
         };
-        words.next().is_none().then_some(group)
+        Some(group)
     }
 }
 
@@ -187,8 +194,10 @@ pub struct MetaFlags {
     pub value: bool,
     /// The key was (and is echoed) base64 encoded.
     pub base64: bool,
-    /// `O` opaque token, echoed verbatim (at most 32 bytes, as in memcached).
+    /// `O` opaque token, echoed verbatim (at most 31 bytes, as in memcached).
     pub opaque: Opaque,
+    /// `ms` echoes `c0` on `NS`/`EX`/`NF`; the other commands echo no CAS on a failure.
+    pub(crate) cas_on_failure: bool,
 }
 
 impl MetaFlags {
@@ -292,8 +301,15 @@ pub enum Reply<'a> {
     NotFound,
     Deleted,
     Touched,
-    /// incr/decr result and the item's new CAS token.
+    /// incr/decr result and the item's new CAS token (meta `t` then shows -1, no expiry).
     Number(u64, u64),
+    /// incr/decr result with the item's remaining time to live in seconds (-1: never expires),
+    /// for meta `ma ... t`; otherwise the same as `Number`.
+    Counter {
+        value: u64,
+        cas: u64,
+        ttl: i64,
+    },
     /// flush_all and verbosity.
     Ok,
     Version(&'a str),
@@ -324,8 +340,12 @@ pub enum ErrorReply {
     InvalidDelta,
     /// `CLIENT_ERROR cannot increment or decrement non-numeric value`; binary 0x0006.
     NonNumeric,
-    /// `CLIENT_ERROR invalid flag` (meta).
+    /// `CLIENT_ERROR invalid flag` (meta: an unknown flag letter, or one kumofs refuses).
     InvalidFlag,
+    /// `CLIENT_ERROR <message>`: the other client errors of the meta commands, spelled as
+    /// memcached 1.6.18 spells them (`duplicate flag`, `bad token in command line format`...);
+    /// binary 0x0004.
+    Client(&'static str),
     /// `CLIENT_ERROR invalid mode for ms M token` (meta).
     InvalidMode,
     /// `CLIENT_ERROR opaque token too long` (meta).

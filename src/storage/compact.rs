@@ -3,24 +3,32 @@
 //! Compaction picks the closed segment with the most garbage (above
 //! [`super::Config::compact_garbage_ratio`]) and walks the index a bounded number of slots per
 //! [`Engine::compact_step`], copying every record that still lives in that segment to the active
-//! segment. Reads and writes go on between steps. The victim file is deleted only when its live
-//! byte count reaches zero and the copies are fsynced; if index changes between steps (a removal
-//! shifting slots backwards, or growth) let a record slip past the cursor, the walk starts over.
+//! segment. Reads and writes go on between steps. Once the victim's live byte count reaches zero it
+//! leaves the segment table and is retired: its file is deleted after the next sync round has made
+//! the copies durable (see [`super::durability`]); compaction itself never waits on the disk. If
+//! index changes between steps (a removal shifting slots backwards, or growth) let a record slip
+//! past the cursor, the walk starts over.
 //!
 //! Dropping an entry from the index (an aged tombstone, an expired value, a flushed record) is done
 //! only for records in the oldest segment. Why: a full scan (when the snapshot is lost) replays the
 //! log, and a dropped entry whose older record still sat in an earlier segment would come back to
 //! life. Nothing older than the oldest segment exists, and records later in the same segment win
 //! the replay, so these drops are safe. Elsewhere such entries are copied like live ones.
-//! [`Engine::gc_tombstones`] therefore works as a cleaner: each call drops what it can in the
-//! oldest segment and asks compaction to rewrite that segment next, so repeated calls sweep the log
-//! from old to new.
+//! [`Engine::collect_tombstones`] therefore works as a cleaner: each call asks compaction to walk
+//! the oldest segment next, dropping what it may and copying the rest forward, so repeated calls
+//! sweep the log from old to new. When the oldest segment is the active one (a small store), the
+//! walk only drops and nothing is copied.
+//!
+//! Tombstone GC and the cluster: a tombstone may go only once no replica can still hold an older
+//! value of its key that could come back through replication or rebalance. The engine offers two
+//! bounds, both required to hold: a minimum age (`min_age_secs`, the time of the delete is stored
+//! in the tombstone) and optionally a version (`below_version`): the cluster passes the version up
+//! to which it knows every live copy has applied its deletes, e.g. the start of the last completed
+//! rebalance or the smallest version all replicas acknowledged.
 
-use std::fs;
-
-use super::engine::{read_slot, read_slot_prefix, segment_path};
+use super::engine::TombstoneGc;
 use super::index::Slot;
-use super::record::{self, Header, Kind, HEADER_LEN};
+use super::record::{self, Header, Kind};
 use super::{Engine, StorageError};
 
 /// Progress of an in-flight compaction.
@@ -28,6 +36,8 @@ use super::{Engine, StorageError};
 pub(crate) struct Cursor {
     victim: u32,
     next_slot: usize,
+    /// The victim is the active segment (a GC walk of a one-segment store): drop, never copy.
+    drop_only: bool,
 }
 
 /// What one [`Engine::compact_step`] did.
@@ -41,8 +51,8 @@ pub struct CompactProgress {
     pub bytes_moved: u64,
     /// Entries dropped (expired, flushed, or unreadable).
     pub records_dropped: u64,
-    /// Segment files deleted.
-    pub segments_removed: u64,
+    /// Segments emptied and retired (their files are deleted by the next sync round).
+    pub segments_retired: u64,
     /// True when there was nothing worth compacting.
     pub idle: bool,
 }
@@ -52,9 +62,7 @@ impl Engine {
         if self.gc_requested {
             self.gc_requested = false;
             if let Some((&oldest, _)) = self.segments.iter().next() {
-                if oldest != self.active {
-                    return Some(oldest);
-                }
+                return Some(oldest);
             }
         }
         self.segments
@@ -76,6 +84,7 @@ impl Engine {
                 Some(victim) => Cursor {
                     victim,
                     next_slot: 0,
+                    drop_only: victim == self.active,
                 },
                 None => {
                     self.compaction = None;
@@ -97,7 +106,7 @@ impl Engine {
                 continue;
             }
             let dropped_before = progress.records_dropped;
-            let moved = self.relocate(slot, &mut progress)?;
+            let moved = self.relocate(slot, cursor.drop_only, &mut progress)?;
             spent += moved / 1024;
             if progress.records_dropped > dropped_before {
                 // The removal may have shifted a later slot into `pos`: look at it again.
@@ -106,16 +115,16 @@ impl Engine {
         }
         if cursor.next_slot >= capacity {
             let live = self.segments.get(&cursor.victim).map_or(0, |s| s.live);
-            if live == 0 {
-                // The copies must be durable before the originals disappear.
-                self.sync()?;
-                if let Some(seg) = self.segments.remove(&cursor.victim) {
-                    drop(seg);
-                    fs::remove_file(segment_path(&self.cfg.dir, cursor.victim))?;
-                    fs::File::open(&self.cfg.dir)?.sync_all()?;
-                    progress.segments_removed += 1;
-                }
-                self.unsynced.retain(|&id| id != cursor.victim);
+            if live == 0 && cursor.victim != self.active {
+                // Out of the table now (nothing points into it); the file goes once the copies
+                // are durable.
+                self.segments.remove(&cursor.victim);
+                self.pending.retire(cursor.victim);
+                progress.segments_retired += 1;
+                self.compaction = None;
+                return Ok(progress);
+            }
+            if cursor.drop_only {
                 self.compaction = None;
                 return Ok(progress);
             }
@@ -129,10 +138,11 @@ impl Engine {
     fn relocate(
         &mut self,
         slot: Slot,
+        drop_only: bool,
         progress: &mut CompactProgress,
     ) -> Result<u64, StorageError> {
         let mut buf = std::mem::take(&mut self.buf);
-        let outcome = self.relocate_in(slot, &mut buf, progress);
+        let outcome = self.relocate_in(slot, drop_only, &mut buf, progress);
         self.buf = buf;
         outcome
     }
@@ -140,10 +150,12 @@ impl Engine {
     fn relocate_in(
         &mut self,
         slot: Slot,
+        drop_only: bool,
         buf: &mut Vec<u8>,
         progress: &mut CompactProgress,
     ) -> Result<u64, StorageError> {
-        read_slot(&self.segments, slot, buf)?;
+        buf.clear();
+        buf.extend_from_slice(self.record(slot)?);
         let oldest = self.segments.keys().next() == Some(&slot.segment());
         let keep = match record::decode(buf) {
             Ok(rec) => !(oldest && self.droppable(&rec.header, self.now())),
@@ -152,6 +164,9 @@ impl Engine {
         if !keep {
             self.remove_slot(slot);
             progress.records_dropped += 1;
+            return Ok(0);
+        }
+        if drop_only {
             return Ok(0);
         }
         let new = self.append_raw(buf, slot.tag, slot.is_tombstone())?;
@@ -174,42 +189,33 @@ impl Engine {
         }
         match h.kind {
             Kind::Value => h.expiry != 0 && h.expiry <= now,
-            Kind::Tombstone => self
-                .tombstone_min_age
-                .is_some_and(|age| now.saturating_sub(h.expiry) >= age),
+            Kind::Tombstone => self.tombstone_gc.is_some_and(|gc| {
+                now.saturating_sub(h.expiry) >= gc.min_age_secs
+                    && gc.below_version.is_none_or(|below| h.version < below)
+            }),
         }
     }
 
-    /// Tombstone garbage collection with a minimum age: drops tombstones whose delete (the time
-    /// stored in the tombstone) is at least `min_age_secs` old, plus expired values and flushed
-    /// records, among the entries in the oldest segment; then asks compaction to rewrite that
-    /// segment next (it drops the same kinds of entries as it goes). Returns entries dropped now.
+    /// Tombstone garbage collection with a minimum age: [`Engine::collect_tombstones`] with no
+    /// version bound. The server calls it periodically with its `-g` setting.
+    pub fn gc_tombstones(&mut self, min_age_secs: u32) -> Result<(), StorageError> {
+        self.collect_tombstones(TombstoneGc {
+            min_age_secs,
+            below_version: None,
+        })
+    }
+
+    /// Sets which tombstones may be dropped (see the module docs for the two bounds) and asks
+    /// compaction to walk the oldest segment next. Never blocks: the work is done by the bounded
+    /// [`Engine::compact_step`]s that follow, which drop such tombstones, expired values and
+    /// flushed records found in the oldest segment; repeated calls sweep the log from old to new.
     ///
     /// After a tombstone is dropped, a replicated write of any version for that key is accepted
-    /// again, so `min_age_secs` must exceed the longest time a replica can miss a delete.
-    pub fn gc_tombstones(&mut self, min_age_secs: u32) -> Result<u64, StorageError> {
-        self.tombstone_min_age = Some(min_age_secs);
+    /// again, so the bounds must exclude every delete a replica may still be missing.
+    pub fn collect_tombstones(&mut self, gc: TombstoneGc) -> Result<(), StorageError> {
+        self.tombstone_gc = Some(gc);
+        // A walk in progress finishes first; the next pick takes the oldest segment.
         self.gc_requested = true;
-        let now = self.now();
-        let Some(&oldest) = self.segments.keys().next() else {
-            return Ok(0);
-        };
-        let mut doomed = Vec::new();
-        for pos in 0..self.index.slots().len() {
-            let slot = self.index.get(pos);
-            if slot.is_empty() || slot.segment() != oldest {
-                continue;
-            }
-            read_slot_prefix(&self.segments, slot, HEADER_LEN, &mut self.buf)?;
-            match Header::decode(&self.buf) {
-                Ok(h) if self.droppable(&h, now) => doomed.push(slot),
-                _ => {}
-            }
-        }
-        let mut dropped = 0;
-        for slot in doomed {
-            dropped += u64::from(self.remove_slot(slot));
-        }
-        Ok(dropped)
+        Ok(())
     }
 }

@@ -1,27 +1,18 @@
-//! The engine core: segment files, index lookups, the append path and the primitive operations.
+//! The engine core: the segment table, index lookups, the append path and the primitive operations.
 //!
-//! Everything here is synchronous and owned by one shard. Appends are `pwrite`s at the end of the
-//! active segment (page cache), reads are `pread`s of one whole record (page cache), fsync happens
-//! only in [`Engine::sync`] (or on the blocking pool through [`Engine::take_unsynced`]).
+//! Everything here is synchronous and owned by one shard. Lookups read records straight from the
+//! segments' memory maps (no syscall), appends go to the active segment's tail (written out in
+//! batches, see [`super::segment`]); fsync happens only in [`Engine::sync`] or in a sync round run
+//! off the shard's thread ([`Engine::begin_sync`], see [`super::durability`]).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
 
 use super::index::{tag_of, Index, Slot};
 use super::ops::WriteOutcome;
 use super::record::{self, Header, Kind, HEADER_LEN};
+use super::segment::{segment_path, Segment};
 use super::{Config, Item, Stats, StorageError};
-
-/// One segment file and what the engine knows about it.
-pub(crate) struct Segment {
-    pub file: File,
-    /// Bytes written (the append position).
-    pub len: u64,
-    /// Bytes of records in this segment that the index points to.
-    pub live: u64,
-}
 
 /// A record visited by [`Engine::for_each`].
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +33,16 @@ pub(crate) struct Found {
     pub header: Header,
 }
 
+/// Which tombstones garbage collection may drop (see [`Engine::collect_tombstones`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TombstoneGc {
+    /// Only tombstones whose delete happened at least this many seconds ago.
+    pub min_age_secs: u32,
+    /// If set, only tombstones with a version below this one: the cluster passes the version up to
+    /// which every live copy of the shard's keys is known to hold its deletes.
+    pub below_version: Option<u64>,
+}
+
 /// One shard's store. See the module docs of [`crate::storage`].
 pub struct Engine {
     pub(crate) cfg: Config,
@@ -53,46 +54,56 @@ pub struct Engine {
     pub(crate) counters: Stats,
     /// Tombstones in the index (kept so `stats` is O(segments)).
     pub(crate) tombstone_slots: u64,
-    /// Segment ids holding bytes not yet fsynced.
-    pub(crate) unsynced: Vec<u32>,
     pub(crate) compaction: Option<super::compact::Cursor>,
-    /// Set by `gc_tombstones`: tombstones at least this old may be dropped.
-    pub(crate) tombstone_min_age: Option<u32>,
+    /// Set by `collect_tombstones`: which tombstones compaction may drop.
+    pub(crate) tombstone_gc: Option<TombstoneGc>,
     /// Compaction should take the oldest segment next.
     pub(crate) gc_requested: bool,
+    /// What the next sync round must cover (see [`super::durability`]).
+    pub(crate) pending: super::durability::Pending,
     clock: Option<u32>,
-    /// Scratch buffer for the record most recently read.
+    /// Scratch buffer (compaction copies a record through it).
     pub(crate) buf: Vec<u8>,
     wbuf: Vec<u8>,
 }
 
-pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
-    dir.join(format!("seg-{id:08}.log"))
+/// Finds `key`'s index entry among `segments` (a free function so recovery can borrow the index
+/// mutably while scanning a segment). A candidate that cannot be read or whose header fails its
+/// checksum is not this key (nor any key we can serve); skipping it keeps the key writable despite
+/// a damaged record or index entry.
+pub(crate) fn find_in(
+    segments: &BTreeMap<u32, Segment>,
+    index: &Index,
+    key: &[u8],
+) -> Result<Option<Found>, StorageError> {
+    for pos in index.candidates(tag_of(key)) {
+        let slot = index.get(pos);
+        let Ok(bytes) = record_of(segments, slot) else {
+            continue;
+        };
+        let Ok(header) = Header::decode(bytes) else {
+            continue;
+        };
+        if bytes.get(HEADER_LEN..HEADER_LEN + header.key_len as usize) == Some(key) {
+            return Ok(Some(Found { pos, slot, header }));
+        }
+    }
+    Ok(None)
 }
 
-/// Reads the whole record `slot` points to into `buf`.
-pub(crate) fn read_slot(
+/// The whole record `slot` points to (unverified).
+#[inline]
+pub(crate) fn record_of(
     segments: &BTreeMap<u32, Segment>,
     slot: Slot,
-    buf: &mut Vec<u8>,
-) -> Result<(), StorageError> {
-    read_slot_prefix(segments, slot, slot.len() as usize, buf)
-}
-
-/// Reads the first `max` bytes (at most the whole record) of the record `slot` points to.
-pub(crate) fn read_slot_prefix(
-    segments: &BTreeMap<u32, Segment>,
-    slot: Slot,
-    max: usize,
-    buf: &mut Vec<u8>,
-) -> Result<(), StorageError> {
-    let seg = segments
+) -> Result<&[u8], StorageError> {
+    segments
         .get(&slot.segment())
-        .ok_or(StorageError::Corrupt("index points to a missing segment"))?;
-    buf.clear();
-    buf.resize((slot.len() as usize).min(max), 0);
-    seg.file.read_exact_at(buf, u64::from(slot.offset()))?;
-    Ok(())
+        .ok_or(StorageError::Corrupt("index points to a missing segment"))?
+        .read(u64::from(slot.offset()), slot.len() as usize)
+        .ok_or(StorageError::Corrupt(
+            "index points past the end of a segment",
+        ))
 }
 
 impl Engine {
@@ -110,10 +121,10 @@ impl Engine {
             flush_version: 0,
             counters: Stats::default(),
             tombstone_slots: 0,
-            unsynced: Vec::new(),
             compaction: None,
-            tombstone_min_age: None,
+            tombstone_gc: None,
             gc_requested: false,
+            pending: Default::default(),
             clock: None,
             buf: Vec::new(),
             wbuf: Vec::new(),
@@ -156,29 +167,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Finds `key`'s index entry; on success `self.buf` holds the header and key of its record.
-    /// Reads only those bytes of each candidate: writes need no more.
-    pub(crate) fn find(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
-        self.find_reading(key, HEADER_LEN + key.len())
+    /// Finds `key`'s index entry (value or tombstone, live or not).
+    pub(crate) fn find(&self, key: &[u8]) -> Result<Option<Found>, StorageError> {
+        find_in(&self.segments, &self.index, key)
     }
 
-    /// Like `find`, reading up to `want` bytes of each candidate record (one `pread` each).
-    fn find_reading(&mut self, key: &[u8], want: usize) -> Result<Option<Found>, StorageError> {
-        let tag = tag_of(key);
-        for pos in self.index.candidates(tag) {
-            let slot = self.index.get(pos);
-            read_slot_prefix(&self.segments, slot, want, &mut self.buf)?;
-            // A candidate whose header fails its checksum is not this key (nor any key we can
-            // serve); skipping it keeps the key writable despite a damaged record.
-            let Ok(header) = Header::decode(&self.buf) else {
-                continue;
-            };
-            let key_end = HEADER_LEN + header.key_len as usize;
-            if self.buf.get(HEADER_LEN..key_end) == Some(key) {
-                return Ok(Some(Found { pos, slot, header }));
-            }
-        }
-        Ok(None)
+    /// The record `slot` points to (unverified).
+    pub(crate) fn record(&self, slot: Slot) -> Result<&[u8], StorageError> {
+        record_of(&self.segments, slot)
     }
 
     /// True when a found record is a value that reads as present now.
@@ -188,25 +184,32 @@ impl Engine {
             && (header.expiry == 0 || header.expiry > self.now())
     }
 
-    /// Finds `key` and returns it only if live; `self.buf` then holds the whole verified record.
-    pub(crate) fn find_live(&mut self, key: &[u8]) -> Result<Option<Found>, StorageError> {
-        // Reads reach for the whole record at once: one pread on the hot path.
-        match self.find_reading(key, usize::MAX)? {
+    /// Finds `key` and returns it only if live, after verifying the whole record's checksum (a
+    /// damaged record is an error, never returned as data).
+    pub(crate) fn find_live(&self, key: &[u8]) -> Result<Option<Found>, StorageError> {
+        match self.find(key)? {
             Some(found) if self.is_live(&found.header) => {
-                if self.buf.len() < found.slot.len() as usize {
-                    read_slot(&self.segments, found.slot, &mut self.buf)?;
-                }
-                record::decode(&self.buf)?;
+                record::decode(self.record(found.slot)?)?;
                 Ok(Some(found))
             }
             _ => Ok(None),
         }
     }
 
-    /// Value bytes of the record in `self.buf` (valid after `find_live`, which verified it).
-    pub(crate) fn buf_value(&self, header: &Header) -> &[u8] {
-        let start = HEADER_LEN + header.key_len as usize;
-        &self.buf[start..header.record_len()]
+    /// Value bytes of a record found by `find_live` (which verified it).
+    pub(crate) fn value_of(&self, found: &Found) -> Result<&[u8], StorageError> {
+        let start = HEADER_LEN + found.header.key_len as usize;
+        self.record(found.slot)?
+            .get(start..found.header.record_len())
+            .ok_or(StorageError::Corrupt("record shorter than its header says"))
+    }
+
+    /// Address space mapped for a segment that receives appends: it never needs a new mapping.
+    fn reservation(&self) -> u64 {
+        let record = HEADER_LEN + self.cfg.max_key_len + self.cfg.max_value_len;
+        (self.cfg.segment_size + record as u64)
+            .next_multiple_of(4096)
+            .min(u64::from(u32::MAX))
     }
 
     /// Appends one encoded record to the active segment, rolling to a new segment when full.
@@ -229,35 +232,45 @@ impl Engine {
         if u64::from(offset) + u64::from(len) > u64::from(u32::MAX) {
             return Err(StorageError::Full);
         }
-        seg.file.write_all_at(bytes, seg.len)?;
-        seg.len += u64::from(len);
-        if self.unsynced.last() != Some(&self.active) {
-            self.unsynced.push(self.active);
-        }
+        seg.append(bytes)?;
+        self.pending.mark_segment(self.active);
         Ok(Slot::new(tag, len, tomb, self.active, offset))
     }
 
-    /// Starts a new active segment.
+    /// Starts a new active segment. Its directory entry is made durable by the next sync round,
+    /// before anything in it is acknowledged as durable.
     pub(crate) fn roll(&mut self) -> Result<(), StorageError> {
         let id = self.active.checked_add(1).ok_or(StorageError::Full)?;
+        if let Some(old) = self.segments.get_mut(&self.active) {
+            old.write_out()?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(segment_path(&self.cfg.dir, id))?;
-        self.segments.insert(
-            id,
-            Segment {
-                file,
-                len: 0,
-                live: 0,
-            },
-        );
+        let segment = Segment::fresh(file, self.reservation())?;
+        self.segments.insert(id, segment);
         self.active = id;
-        // Make the new file's directory entry durable before anything in it is acknowledged.
-        File::open(&self.cfg.dir)?.sync_all()?;
+        self.pending.directory = true;
         Ok(())
+    }
+
+    /// Hands every appended byte still held in memory to the kernel (one `pwrite`); the shard
+    /// calls it once per batch of writes. Reads see appended records either way.
+    pub fn write_out(&mut self) -> Result<(), StorageError> {
+        for seg in self.segments.values_mut() {
+            seg.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// True when appended bytes are waiting for [`Engine::write_out`].
+    pub fn has_tail(&self) -> bool {
+        self.segments
+            .get(&self.active)
+            .is_some_and(Segment::has_tail)
     }
 
     /// Encodes and appends a record, then points the index at it (replacing `old` if given).
@@ -338,7 +351,7 @@ impl Engine {
         };
         let h = found.header;
         Ok(Some(Item {
-            value: self.buf_value(&h).to_vec(),
+            value: self.value_of(&found)?.to_vec(),
             flags: h.flags,
             version: h.version,
             expiry: h.expiry,
@@ -436,10 +449,15 @@ impl Engine {
     }
 
     /// Makes every record with a version below `before_version` read as missing (`flush_all`).
-    /// Persisted at once; the space is reclaimed by compaction and GC later.
+    /// Takes effect at once; the marker file is written durably by the next sync round (off the
+    /// shard's thread; [`Engine::sync`] for a bare engine), like any write under the durability
+    /// policy. The space is reclaimed by compaction and GC later.
     pub fn flush(&mut self, before_version: u64) -> Result<(), StorageError> {
-        self.flush_version = self.flush_version.max(before_version);
-        super::recovery::write_flush_version(&self.cfg.dir, self.flush_version)
+        if before_version > self.flush_version {
+            self.flush_version = before_version;
+            self.pending.flush_version = Some(before_version);
+        }
+        Ok(())
     }
 
     /// Visits every live record (and, if asked, every tombstone) with its version.
@@ -469,8 +487,7 @@ impl Engine {
             if slot.is_tombstone() && !include_tombstones {
                 continue;
             }
-            read_slot(&self.segments, slot, &mut self.buf)?;
-            let Ok(rec) = record::decode(&self.buf) else {
+            let Ok(rec) = record::decode(self.record(slot)?) else {
                 continue;
             };
             let h = rec.header;
@@ -510,13 +527,11 @@ impl Engine {
         let mut doomed = Vec::new();
         for pos in self.index.positions_in(tags) {
             let slot = self.index.get(pos);
-            let prefix = HEADER_LEN + self.cfg.max_key_len;
-            read_slot_prefix(&self.segments, slot, prefix, &mut self.buf)?;
-            let Ok(h) = Header::decode(&self.buf) else {
+            let bytes = self.record(slot)?;
+            let Ok(h) = Header::decode(bytes) else {
                 continue;
             };
-            let key_end = HEADER_LEN + h.key_len as usize;
-            if let Some(key) = self.buf.get(HEADER_LEN..key_end) {
+            if let Some(key) = bytes.get(HEADER_LEN..HEADER_LEN + h.key_len as usize) {
                 if !keep(key) {
                     doomed.push(slot);
                 }
@@ -527,41 +542,6 @@ impl Engine {
             dropped += u64::from(self.remove_slot(slot));
         }
         Ok(dropped)
-    }
-
-    /// Forces every appended byte to stable storage.
-    pub fn sync(&mut self) -> Result<(), StorageError> {
-        for id in std::mem::take(&mut self.unsynced) {
-            if let Some(seg) = self.segments.get(&id) {
-                seg.file.sync_data()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands out duplicated handles (with their segment ids) of the files with unsynced bytes and
-    /// forgets them, so the caller can fsync them off the shard's thread. Writes made after this
-    /// call are not covered. If that fsync fails, give the ids back with [`Engine::mark_unsynced`].
-    pub fn take_unsynced(&mut self) -> Result<Vec<(u32, File)>, StorageError> {
-        let mut files = Vec::new();
-        for id in std::mem::take(&mut self.unsynced) {
-            if let Some(seg) = self.segments.get(&id) {
-                files.push((id, seg.file.try_clone()?));
-            }
-        }
-        Ok(files)
-    }
-
-    /// Records that segment `id` holds bytes not known to be durable.
-    pub fn mark_unsynced(&mut self, id: u32) {
-        if self.segments.contains_key(&id) && !self.unsynced.contains(&id) {
-            self.unsynced.push(id);
-        }
-    }
-
-    /// True when some appended bytes are not yet covered by an fsync.
-    pub fn has_unsynced(&self) -> bool {
-        !self.unsynced.is_empty()
     }
 
     /// Current counters; O(number of segments).
@@ -587,5 +567,16 @@ impl Engine {
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+}
+
+impl Drop for Engine {
+    /// Hands buffered appends and a pending flush marker to the kernel (no fsync): a dropped
+    /// engine loses nothing a process exit would not lose.
+    fn drop(&mut self) {
+        let _ = self.write_out();
+        if let Some(version) = self.pending.flush_version.take() {
+            let _ = super::recovery::write_flush_version(&self.cfg.dir, version);
+        }
     }
 }

@@ -8,6 +8,10 @@
 //! 18.8 to 37.7 bytes per key.
 
 /// One index entry. `meta == 0` marks an empty slot (no record is shorter than its header).
+///
+/// `repr(C)`: three integer fields, 16 bytes with no padding, every bit pattern valid. The index
+/// snapshot stores the table as these bytes (little-endian), read and written as one block.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
     pub tag: u32,
@@ -20,6 +24,44 @@ pub struct Slot {
 const TOMBSTONE_BIT: u32 = 1 << 31;
 
 impl Slot {
+    /// The table's memory as bytes, to read a snapshot into (then [`Slot::from_le_in_place`]).
+    pub fn as_bytes_mut(slots: &mut [Slot]) -> &mut [u8] {
+        // SAFETY: `Slot` is `repr(C)` with three integer fields and no padding (16 bytes, checked
+        // below), so its memory is plain bytes and any byte pattern is a valid `Slot`.
+        const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+        unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<u8>(), slots.len() * 16) }
+    }
+
+    /// Converts slots read as little-endian bytes to native order (nothing to do on x86/ARM).
+    pub fn from_le_in_place(slots: &mut [Slot]) {
+        if cfg!(target_endian = "big") {
+            for s in slots {
+                *s = Slot {
+                    tag: u32::from_le(s.tag),
+                    meta: u32::from_le(s.meta),
+                    loc: u64::from_le(s.loc),
+                };
+            }
+        }
+    }
+
+    /// Appends the table as little-endian bytes (one copy on little-endian machines).
+    pub fn extend_le_bytes(out: &mut Vec<u8>, slots: &[Slot]) {
+        if cfg!(target_endian = "little") {
+            // SAFETY: as in `as_bytes_mut`, read-only.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(slots.as_ptr().cast::<u8>(), slots.len() * 16)
+            };
+            out.extend_from_slice(bytes);
+        } else {
+            for s in slots {
+                out.extend_from_slice(&s.tag.to_le_bytes());
+                out.extend_from_slice(&s.meta.to_le_bytes());
+                out.extend_from_slice(&s.loc.to_le_bytes());
+            }
+        }
+    }
+
     pub fn new(tag: u32, len: u32, tombstone: bool, segment: u32, offset: u32) -> Slot {
         let meta = (len & !TOMBSTONE_BIT) | if tombstone { TOMBSTONE_BIT } else { 0 };
         Slot {

@@ -2,45 +2,52 @@
 //!
 //! Records are appended to numbered segment files (`seg-00000001.log`, ...) with a CRC on every
 //! record ([`record`]). An open-addressing [`index`] maps a key's hash to its newest record's
-//! location in 16 bytes per slot; keys live only on disk (read back through the page cache to
-//! confirm a hash match). Writes are `pwrite`s into the page cache and reads are `pread`s from it,
-//! so a working set that fits in RAM never waits on the disk; only fsync does, and the glommio
-//! adaptor ([`shard`]) runs that on the executor's blocking pool.
+//! location in 16 bytes per slot; keys live only in the segments, which are memory-mapped
+//! read-only, so confirming a hash match and reading a value are memory reads of the page cache
+//! with no syscall. Appends collect in memory and reach the kernel with one `pwrite` per batch of
+//! writes ([`segment`]), so a working set that fits in RAM never waits on the disk; only fsync
+//! does, and the glommio adaptor ([`shard`]) submits it to io_uring off the executor's path.
 //!
 //! The [`Engine`] itself is synchronous and single-threaded (no locks, no async), so all of its
 //! logic runs in plain unit tests. Layout:
 //! - [`engine`]: open, the index lookups, the write path and the primitive operations;
+//! - [`segment`]: one segment file, its memory map and its unwritten tail;
 //! - [`ops`]: the read-modify-write hooks of the memcached layer (add, replace, append, incr ...);
 //! - [`recovery`]: full segment scans, torn-tail truncation, the index snapshot;
-//! - [`compact`]: incremental compaction and tombstone garbage collection.
+//! - [`compact`]: incremental compaction and tombstone garbage collection;
+//! - [`durability`]: what is not yet durable, and the sync rounds that make it so.
 //!
 //! Assumptions: versions are opaque u64s, compared only (the cluster stores a hybrid logical clock
 //! there). Time is unix seconds from a clock seam ([`Engine::set_clock`]); a tombstone records the
 //! time of its delete in its expiry field, and tombstone GC ages tombstones by that time.
 
 pub mod compact;
+pub mod durability;
 pub mod engine;
 pub mod index;
 pub mod ops;
 pub mod record;
 pub mod recovery;
+pub mod segment;
 pub mod shard;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use compact::CompactProgress;
-pub use engine::{Engine, Entry};
+pub use durability::SyncRound;
+pub use engine::{Engine, Entry, TombstoneGc};
 pub use ops::{IncrOutcome, WriteOutcome};
 pub use recovery::{RecoveryReport, SnapshotImage};
 pub use shard::ShardStore;
 
 /// When appended records are forced to stable storage.
 ///
-/// The [`Engine`] only records the policy: it never fsyncs on a write by itself (callers of a bare
-/// engine call [`Engine::sync`]). [`ShardStore`] applies it. The engine does fsync on its own in
-/// three rare places: creating a segment (the directory entry), writing the snapshot, and before
-/// deleting a compacted segment (so the copies are durable before the originals go).
+/// The [`Engine`] only records the policy: it never fsyncs by itself. [`ShardStore`] applies it
+/// with sync rounds off the shard's thread (see [`durability`]); callers of a bare engine call
+/// [`Engine::sync`], which also makes directory changes, the `flush_all` marker and the deletion
+/// of compacted segments durable. Opening a store (recovery) and [`Engine::write_snapshot`] are the
+/// only other blocking fsyncs, and neither runs on a serving shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// A write is acknowledged only after an fsync covering it (writes pending together share one).

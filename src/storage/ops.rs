@@ -102,7 +102,7 @@ impl Engine {
             return Ok(WriteOutcome::NotStored);
         };
         let h = found.header;
-        let old = self.buf_value(&h);
+        let old = self.value_of(&found)?;
         self.check_value(old.len() + data.len())?;
         let mut value = Vec::with_capacity(old.len() + data.len());
         if front {
@@ -155,7 +155,7 @@ impl Engine {
             return Ok(IncrOutcome::NotFound);
         };
         let h = found.header;
-        let Some(current) = parse_decimal(self.buf_value(&h)) else {
+        let Some(current) = parse_decimal(self.value_of(&found)?) else {
             return Ok(IncrOutcome::NonNumeric);
         };
         let next = op(current);
@@ -184,7 +184,7 @@ impl Engine {
             return Ok(WriteOutcome::NotFound);
         };
         let h = found.header;
-        let value = self.buf_value(&h).to_vec();
+        let value = self.value_of(&found)?.to_vec();
         self.write(
             Some(found),
             Kind::Value,

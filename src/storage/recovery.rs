@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Write};
 use std::path::Path;
 
-use super::engine::{segment_path, Segment};
+use super::engine::find_in;
 use super::index::{tag_of, Index, Slot};
 use super::record::{self, Header, HEADER_LEN};
+use super::segment::{segment_path, Segment};
 use super::{Config, Engine, StorageError};
 
 const SNAPSHOT: &str = "index.snap";
@@ -37,6 +37,9 @@ pub struct RecoveryReport {
     pub skipped_bytes: u64,
     /// Bytes cut off the end of the last segment (a torn write or junk).
     pub truncated_bytes: u64,
+    /// Segments found on disk that the snapshot shows were already compacted away (a deletion
+    /// a crash undid); they are deleted unread.
+    pub stale_segments: u32,
 }
 
 /// Persists the flush version atomically (write, fsync, rename, fsync the directory).
@@ -99,7 +102,7 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
             .write(true)
             .open(segment_path(&dir, id))?;
         let len = file.metadata()?.len().min(u64::from(u32::MAX));
-        engine.segments.insert(id, Segment { file, len, live: 0 });
+        engine.segments.insert(id, Segment::existing(file, len)?);
     }
     report.segments = ids.len() as u32;
 
@@ -114,6 +117,23 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
                     *from = len;
                 }
             }
+            // Segment ids only grow, and the snapshot lists every segment that existed when it
+            // was taken: an older id it does not list had been compacted away (its records
+            // copied forward) and only a crash brought its file back. Replaying it would let
+            // its stale records override the snapshot.
+            let newest_seen = seen.keys().next_back().copied().unwrap_or(0);
+            let stale: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|id| *id < newest_seen && !seen.contains_key(id))
+                .collect();
+            for id in stale {
+                engine.segments.remove(&id);
+                fs::remove_file(segment_path(&dir, id))?;
+                report.stale_segments += 1;
+            }
+            scan_from.retain(|(id, _)| engine.segments.contains_key(id));
+            ids.retain(|id| engine.segments.contains_key(id));
         }
         Ok(None) => {}
         Err(why) => report.snapshot_rejected = Some(why),
@@ -154,44 +174,60 @@ pub(crate) fn open(cfg: Config) -> Result<(Engine, RecoveryReport), StorageError
 type SegmentLens = BTreeMap<u32, u64>;
 
 fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLens)>, String> {
-    let bytes = match fs::read(dir.join(SNAPSHOT)) {
-        Ok(b) => b,
+    // The slot table is read straight into the memory the index will own (one copy from the page
+    // cache, no intermediate buffer): at 10 M keys it is 256 MiB.
+    let mut file = match File::open(dir.join(SNAPSHOT)) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("unreadable: {e}")),
     };
-    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut crc = crc32fast::Hasher::new();
+    let mut read = |buf: &mut [u8]| -> Result<(), String> {
+        file.read_exact(buf).map_err(|_| "truncated".to_string())?;
+        crc.update(buf);
+        Ok(())
+    };
+    let mut head = [0u8; 12];
+    read(&mut head)?;
+    if &head[..8] != SNAPSHOT_MAGIC {
         return Err("bad magic or too short".into());
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err("checksum mismatch".into());
-    }
-    let mut at = 8;
-    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let s = body.get(*at..*at + n).ok_or("truncated")?;
-        *at += n;
-        Ok(s)
-    };
-    let u32_of = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-    let u64_of = |s: &[u8]| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(s);
-        u64::from_le_bytes(b)
-    };
-    let nseg = u32_of(take(&mut at, 4)?) as usize;
-    if nseg > body.len() / 12 {
+    let nseg = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64;
+    if 12 + nseg * 12 + 8 + 4 > file_len {
         return Err("segment count out of range".into());
     }
+    let mut table = vec![0u8; nseg as usize * 12 + 8];
+    read(&mut table)?;
     let mut seen = BTreeMap::new();
-    for _ in 0..nseg {
-        let id = u32_of(take(&mut at, 4)?);
-        let len = u64_of(take(&mut at, 8)?);
-        seen.insert(id, len);
+    for entry in table[..nseg as usize * 12].chunks_exact(12) {
+        let id = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&entry[4..12]);
+        seen.insert(id, u64::from_le_bytes(len));
     }
-    let cap = u64_of(take(&mut at, 8)?) as usize;
-    if cap.checked_mul(16) != Some(body.len() - at) {
+    let mut cap = [0u8; 8];
+    cap.copy_from_slice(&table[nseg as usize * 12..]);
+    let cap = u64::from_le_bytes(cap);
+    if cap
+        .checked_mul(16)
+        .and_then(|b| b.checked_add(12 + nseg * 12 + 8 + 4))
+        != Some(file_len)
+    {
         return Err("slot count does not match the file size".into());
     }
+    if !(16..=1 << 32).contains(&cap) || !cap.is_power_of_two() {
+        return Err("bad slot count".into());
+    }
+    let mut slots = vec![Slot::default(); cap as usize];
+    read(Slot::as_bytes_mut(&mut slots))?;
+    let mut stored_crc = [0u8; 4];
+    file.read_exact(&mut stored_crc)
+        .map_err(|_| "truncated".to_string())?;
+    if crc.finalize().to_le_bytes() != stored_crc {
+        return Err("checksum mismatch".into());
+    }
+    Slot::from_le_in_place(&mut slots);
     // Per segment id (dense, offset by the smallest id): the length the snapshot saw, if the
     // segment still exists (`Some(None)` when compaction has removed it since).
     let (Some(&min_id), Some(&max_id)) = (seen.keys().next(), seen.keys().next_back()) else {
@@ -208,17 +244,7 @@ fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLe
             None => None,
         });
     }
-    let mut slots = Vec::with_capacity(cap);
-    for chunk in body[at..].chunks_exact(16) {
-        let slot = Slot {
-            tag: u32_of(&chunk[0..4]),
-            meta: u32_of(&chunk[4..8]),
-            loc: u64_of(&chunk[8..16]),
-        };
-        if slot.is_empty() {
-            slots.push(slot);
-            continue;
-        }
+    for slot in slots.iter_mut().filter(|s| !s.is_empty()) {
         let entry = slot
             .segment()
             .checked_sub(min_id)
@@ -227,17 +253,13 @@ fn load_snapshot(engine: &Engine, dir: &Path) -> Result<Option<(Index, SegmentLe
             None => return Err("slot points to an unknown segment".into()),
             // The segment was compacted away after the snapshot: the copy is in the scanned
             // tail. The slot becomes a removal marker below so probing stays valid.
-            Some(None) => slots.push(Slot {
-                meta: u32::MAX,
-                ..slot
-            }),
+            Some(None) => slot.meta = u32::MAX,
             Some(Some(seen_len)) => {
                 if (slot.len() as usize) < HEADER_LEN
                     || u64::from(slot.offset()) + u64::from(slot.len()) > seen_len
                 {
                     return Err("slot points outside its segment".into());
                 }
-                slots.push(slot);
             }
         }
     }
@@ -295,11 +317,7 @@ impl Engine {
             out.extend_from_slice(&seg.len.to_le_bytes());
         }
         out.extend_from_slice(&(slots.len() as u64).to_le_bytes());
-        for s in slots {
-            out.extend_from_slice(&s.tag.to_le_bytes());
-            out.extend_from_slice(&s.meta.to_le_bytes());
-            out.extend_from_slice(&s.loc.to_le_bytes());
-        }
+        Slot::extend_le_bytes(&mut out, slots);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         SnapshotImage {
@@ -309,7 +327,16 @@ impl Engine {
     }
 }
 
-/// Scans segment `id` from byte `from`, applying every valid record to the index.
+/// What the scanner found at one position of a segment.
+enum Step {
+    Record { len: usize },
+    BadBody { len: usize },
+    Resync { skip: usize },
+    End { junk: usize },
+}
+
+/// Scans segment `id` from byte `from` (through its memory map), applying every valid record to
+/// the index; a torn or junk tail of the last segment is cut off.
 fn scan_segment(
     engine: &mut Engine,
     id: u32,
@@ -317,60 +344,68 @@ fn scan_segment(
     is_last: bool,
     report: &mut RecoveryReport,
 ) -> Result<(), StorageError> {
-    let Some(seg) = engine.segments.get(&id) else {
+    let Engine {
+        segments, index, ..
+    } = engine;
+    let Some(data) = segments.get(&id).and_then(|seg| seg.read_to_end(from)) else {
         return Ok(());
     };
-    let len = seg.len;
-    if from >= len {
-        return Ok(());
-    }
-    let mut data = vec![0u8; (len - from) as usize];
-    seg.file.read_exact_at(&mut data, from)?;
     let mut pos = 0usize;
+    let mut cut = None;
     while pos < data.len() {
-        match record::decode(&data[pos..]) {
+        let step = match record::decode(&data[pos..]) {
             Ok(rec) => {
+                let len = rec.header.record_len();
                 let offset = from as usize + pos;
-                let rec_len = rec.header.record_len();
                 apply(
-                    engine,
+                    segments,
+                    index,
                     id,
                     offset as u32,
                     rec.key,
                     &rec.header,
-                    rec_len as u32,
+                    len as u32,
                 )?;
-                report.records_scanned += 1;
-                pos += rec_len;
+                Step::Record { len }
             }
             Err(StorageError::Corrupt("body checksum mismatch")) => {
                 // The header checksum held, so its length is trusted: skip exactly this record.
+                let len = Header::decode(&data[pos..]).map_or(1, |h| h.record_len());
+                Step::BadBody { len }
+            }
+            Err(_) => match resync(data, pos + 1) {
+                Some(next) => Step::Resync { skip: next - pos },
+                None => Step::End {
+                    junk: data.len() - pos,
+                },
+            },
+        };
+        match step {
+            Step::Record { len } => {
+                report.records_scanned += 1;
+                pos += len;
+            }
+            Step::BadBody { len } => {
                 report.bad_records += 1;
-                let skip = Header::decode(&data[pos..]).map_or(1, |h| h.record_len());
+                pos += len;
+            }
+            Step::Resync { skip } => {
+                report.skipped_bytes += skip as u64;
                 pos += skip;
             }
-            Err(_) => match resync(&data, pos + 1) {
-                Some(next) => {
-                    report.skipped_bytes += (next - pos) as u64;
-                    pos = next;
+            Step::End { junk } => {
+                if is_last {
+                    report.truncated_bytes += junk as u64;
+                    cut = Some(from + pos as u64);
+                } else {
+                    report.skipped_bytes += junk as u64;
                 }
-                None => {
-                    let tail = (data.len() - pos) as u64;
-                    if is_last {
-                        let keep = from + pos as u64;
-                        if let Some(seg) = engine.segments.get_mut(&id) {
-                            seg.file.set_len(keep)?;
-                            seg.file.sync_all()?;
-                            seg.len = keep;
-                        }
-                        report.truncated_bytes += tail;
-                    } else {
-                        report.skipped_bytes += tail;
-                    }
-                    break;
-                }
-            },
+                break;
+            }
         }
+    }
+    if let (Some(keep), Some(seg)) = (cut, engine.segments.get_mut(&id)) {
+        seg.truncate(keep)?;
     }
     Ok(())
 }
@@ -383,7 +418,8 @@ fn resync(data: &[u8], from: usize) -> Option<usize> {
 }
 
 fn apply(
-    engine: &mut Engine,
+    segments: &BTreeMap<u32, Segment>,
+    index: &mut Index,
     seg: u32,
     offset: u32,
     key: &[u8],
@@ -393,10 +429,9 @@ fn apply(
     let tomb = header.kind == record::Kind::Tombstone;
     let slot = Slot::new(tag_of(key), len, tomb, seg, offset);
     // A slot whose record cannot be read back is replaced rather than failing the open.
-    let old = engine.find(key).unwrap_or(None);
-    match old {
-        Some(found) => engine.index.replace(found.pos, slot),
-        None => engine.index.insert(slot),
+    match find_in(segments, index, key).unwrap_or(None) {
+        Some(found) => index.replace(found.pos, slot),
+        None => index.insert(slot),
     }
     Ok(())
 }
