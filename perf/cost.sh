@@ -126,7 +126,7 @@ for target in "${TARGETS[@]}"; do
     for pid in "${COST_PIDS[@]}"; do before=$((before + $(ticks "$pid"))); done
     pidlist=$(IFS=,; echo "${COST_PIDS[*]}")
     perf stat -x, -e raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_io_uring_enter \
-        -p "$pidlist" -o "$WORK/stat.csv" \
+        -e irq_vectors:reschedule_entry -p "$pidlist" -o "$WORK/stat.csv" \
         -- sleep "$TIME" 2>/dev/null &
     STAT_PID=$!
     out=$(taskset -c "$LOADGEN_CPU" "$BIN/kumo-bench" -s 127.0.0.1 -p "$DATA_PORT" --protocol "$PROTO" \
@@ -136,14 +136,15 @@ for target in "${TARGETS[@]}"; do
     syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$WORK/stat.csv")
     switches=$(awk -F, '$3 == "context-switches" { print $1 }' "$WORK/stat.csv")
     urings=$(awk -F, '$3 == "syscalls:sys_enter_io_uring_enter" { print $1 }' "$WORK/stat.csv")
+    resched=$(awk -F, '$3 == "irq_vectors:reschedule_entry" { print $1 }' "$WORK/stat.csv")
     after=0
     for pid in "${COST_PIDS[@]}"; do after=$((after + $(ticks "$pid"))); done
     ops=$(sed -E 's/.*RESULT ops=([0-9]+).*/\1/' <<<"$out")
     awk -v t="$target" -v p="$PIPELINE" -v pr="$PROTO" -v ticks=$((after - before)) -v hz="$HZ" \
-        -v ops="$ops" -v line="$out" -v sc="${syscalls:-0}" -v cs="${switches:-0}" -v ur="${urings:-0}" 'BEGIN {
+        -v ops="$ops" -v line="$out" -v sc="${syscalls:-0}" -v cs="${switches:-0}" -v ur="${urings:-0}" -v ri="${resched:-0}" 'BEGIN {
         split(line, f, " "); rate = ""; p50 = ""; p99 = ""
         for (i in f) { split(f[i], kv, "="); if (kv[1] == "ops_per_sec") rate = kv[2]; if (kv[1] == "p50_us") p50 = kv[2]; if (kv[1] == "p99_us") p99 = kv[2] }
-        printf "%-10s %s p%-3s ops/s %8s p50 %7s p99 %7s  cpu %.2fs  %.2f us/op  %.2f syscalls/op (io_uring_enter %.2f)  %.3f switches/op\n", t, pr, p, rate, p50, p99, ticks / hz, (ticks / hz) * 1e6 / ops, sc / ops, ur / ops, cs / ops
+        printf "%-10s %s p%-3s ops/s %8s p50 %7s p99 %7s  cpu %.2fs  %.2f us/op  %.2f syscalls/op (io_uring_enter %.2f)  %.3f switches/op  %.3f resched IPIs/op\n", t, pr, p, rate, p50, p99, ticks / hz, (ticks / hz) * 1e6 / ops, sc / ops, ur / ops, cs / ops, ri / ops
     }'
     if [ "$KEEP" = 1 ]; then echo "running on port $DATA_PORT, pids $pidlist; Ctrl-C to stop" >&2; wait; fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -25,6 +25,12 @@
 //!
 //! # Order
 //!
+//! Requests start in request order: a fast one's call is queued on its pipe at once, and a job is
+//! polled once when it is created, which queues its first call. Calls of one connection for one
+//! key share a pipe and the server answers a pipe in order, so a pipelined get reads what a set
+//! before it wrote (a request that needs several round trips, or is retried, can still be
+//! overtaken, as with the futures before).
+//!
 //! Text and binary replies leave in request order; async binary ones as they complete. Either way,
 //! what the whole batch produced leaves in as few writes as the order allows (one for ordered
 //! connections).
@@ -298,6 +304,18 @@ impl Replies {
     pub fn set_job(&mut self, index: usize, job: Job) {
         self.slots[index].state = SlotState::Job(job);
         self.jobs += 1;
+    }
+
+    /// Starts the request of slot `index` as `job`: polled once now, so that its first server call
+    /// leaves in request order with the fast requests around it (the calls of one connection to
+    /// one server shard share a pipe, and the server answers them in order: a pipelined get reads
+    /// what a set before it wrote).
+    pub fn start_job(&mut self, index: usize, mut job: Job, cx: &mut Context<'_>) {
+        match job.as_mut().poll(cx) {
+            Poll::Pending => self.set_job(index, job),
+            Poll::Ready(Some(bytes)) => self.place(index, |out| out.extend_from_slice(&bytes)),
+            Poll::Ready(None) => self.fall_back(index),
+        }
     }
 
     /// The request of slot `index` takes the slow path.

@@ -9,6 +9,7 @@
 //! [`Limits`](crate::protocol::Limits)). The buffers are reused from batch to batch.
 
 use std::rc::Rc;
+use std::task::Poll;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -59,10 +60,11 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
     // Replies being written; swapped with the batch's output so neither is reallocated.
     let mut writing: Vec<u8> = Vec::new();
     loop {
-        let started = {
+        let started = std::future::poll_fn(|cx| {
             let mut state = conn.state.borrow_mut();
-            start_batch(shard, &mut state, &sink, &mut decoder)
-        };
+            Poll::Ready(start_batch(shard, &mut state, &sink, &mut decoder, cx))
+        })
+        .await;
         loop {
             let done = std::future::poll_fn(|cx| conn.poll_batch(cx)).await;
             std::mem::swap(&mut conn.state.borrow_mut().replies.out, &mut writing);

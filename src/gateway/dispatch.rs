@@ -3,7 +3,9 @@
 //! or, in a gateway embedded in a kumo-server, a read of the local engine. Everything else becomes a
 //! job of the slow path ([`super::exec::plan`]).
 
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Context;
 use std::time::Instant;
 
 use super::batch::{encode_final, final_reply, BatchState, FastOp, Replies};
@@ -15,7 +17,7 @@ use crate::protocol::{Command, Decoder, KeyList, ProtocolError, Request};
 use crate::ring::{core_of, key_hash};
 use crate::rpc::data_codec::{self, DataResponseRef, KeyParts, WriteFields};
 use crate::rpc::messages::{DataRequest, RoutingSnapshot, WriteOp};
-use crate::rpc::Completion;
+use crate::rpc::{Completion, Pipe};
 
 /// Most requests started from one read before their replies are written.
 pub const MAX_BATCH: usize = 256;
@@ -37,6 +39,7 @@ pub(crate) fn start_batch(
     state: &mut BatchState,
     sink: &Rc<dyn Completion>,
     decoder: &mut Decoder,
+    cx: &mut Context<'_>,
 ) -> Started {
     let BatchState { input, replies } = state;
     replies.reset();
@@ -61,7 +64,7 @@ pub(crate) fn start_batch(
         }
         let span = (used, used + n);
         used += n;
-        let quit = route.start(replies, data, span, request);
+        let quit = route.start(replies, data, span, request, cx);
         if quit || barrier {
             close = quit;
             break;
@@ -91,6 +94,8 @@ struct Route<'a> {
     now_unix: Option<u64>,
     /// The prefixed key, when the gateway has a key prefix (`-k`).
     scratch: Vec<u8>,
+    /// The pipe of the last request: consecutive requests often go to the same server shard.
+    last_pipe: Option<(SocketAddr, u32, Pipe)>,
 }
 
 impl<'a> Route<'a> {
@@ -102,6 +107,7 @@ impl<'a> Route<'a> {
             deadline: Instant::now() + shard.config.call_timeout,
             now_unix: None,
             scratch: Vec::new(),
+            last_pipe: None,
         }
     }
 
@@ -117,6 +123,7 @@ impl<'a> Route<'a> {
         data: &[u8],
         span: (usize, usize),
         request: Request<'_>,
+        cx: &mut Context<'_>,
     ) -> bool {
         let ctx = request.ctx;
         let counters = &self.shard.counters;
@@ -191,14 +198,16 @@ impl<'a> Route<'a> {
         let located = fast.and_then(|(op, key, write)| Some((op, locate(key)?, write)));
         if let Some((op, key, write)) = located {
             let index = replies.push(op, ctx, key, span);
-            self.start_fast(replies, data, index, op, write);
+            self.start_fast(replies, data, index, op, write, cx);
             return false;
         }
         let (planned, quit) = plan(self.shard, request, counted);
         let index = replies.push(FastOp::None, ctx, (0, 0), span);
         match planned {
             Planned::Done(bytes) => replies.place(index, |out| out.extend_from_slice(&bytes)),
-            Planned::Later(job) => replies.set_job(index, Box::pin(async move { Some(job.await) })),
+            Planned::Later(job) => {
+                replies.start_job(index, Box::pin(async move { Some(job.await) }), cx)
+            }
         }
         quit
     }
@@ -211,6 +220,7 @@ impl<'a> Route<'a> {
         index: usize,
         op: FastOp,
         write: Option<WriteFields<'_>>,
+        cx: &mut Context<'_>,
     ) {
         let key = replies.key_of(index, data);
         let prefix = &self.shard.config.key_prefix;
@@ -243,20 +253,27 @@ impl<'a> Route<'a> {
         };
         let core = core_of(hash, snapshot.shards_of(&server));
         if let Some(local) = self.shard.local.as_ref().filter(|l| l.addr() == server) {
+            let local = local.clone();
             self.start_local(
-                local.clone(),
+                local,
                 replies,
                 data,
                 index,
-                op,
-                hash,
-                core,
+                (op, hash, core),
                 stored,
                 write,
+                cx,
             );
             return;
         }
-        let pipe = self.shard.router.pipe(server, core as u32);
+        let core = core as u32;
+        let pipe = match &self.last_pipe {
+            Some((addr, shard, pipe)) if *addr == server && *shard == core => pipe,
+            _ => {
+                let pipe = self.shard.router.pipe(server, core);
+                &self.last_pipe.insert((server, core, pipe)).2
+            }
+        };
         let key = KeyParts { prefix, key };
         let started = pipe.start(self.sink, index as u32, self.deadline, |out| match write {
             None => data_codec::put_get(out, hash, key),
@@ -277,15 +294,14 @@ impl<'a> Route<'a> {
         replies: &mut Replies,
         data: &[u8],
         index: usize,
-        op: FastOp,
-        hash: u64,
-        core: usize,
+        (op, hash, core): (FastOp, u64, usize),
         stored: &[u8],
         write: Option<WriteFields<'_>>,
+        cx: &mut Context<'_>,
     ) {
         let counters = &self.shard.counters;
         if op == FastOp::Get && core == local.shard() {
-            local.get_now(hash, stored, &mut |response| {
+            local.get_now(stored, &mut |response| {
                 replies.answer(index, data, Some(response), counters)
             });
             return;
@@ -307,7 +323,7 @@ impl<'a> Route<'a> {
         };
         let (ctx, key) = (replies.ctx_of(index), replies.key_of(index, data).to_vec());
         let shard = self.shard.clone();
-        replies.set_job(
+        replies.start_job(
             index,
             Box::pin(async move {
                 let response = local.call(request).await;
@@ -316,6 +332,7 @@ impl<'a> Route<'a> {
                 encode_final(op, &ctx, &key, reply, &shard.counters, &mut out);
                 Some(out)
             }),
+            cx,
         );
     }
 }

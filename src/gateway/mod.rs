@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use crate::protocol::Limits;
 use crate::rpc::data_codec::DataResponseRef;
-use crate::rpc::messages::{DataRequest, DataResponse};
+use crate::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot};
 use crate::runtime::{
     self, Listener, Runtime, RuntimeConfig, RuntimeError, ShardContext, Shutdown, ShutdownSignal,
 };
@@ -130,9 +130,11 @@ pub trait LocalServer {
     fn addr(&self) -> SocketAddr;
     /// The server shard this gateway shard runs on.
     fn shard(&self) -> usize;
+    /// The server's routing snapshot: the gateway routes with it (and polls no manager itself).
+    fn routing(&self) -> Rc<RoutingSnapshot>;
     /// Serves a get of a key owned by this very shard from its engine, now, and hands the answer
-    /// to `answer` (`NotOwner` when the server does not own the key under its own routing).
-    fn get_now(&self, hash: u64, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>));
+    /// to `answer`. The caller found this server among the key's owners in [`Self::routing`].
+    fn get_now(&self, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>));
     /// Any data request to this server, served in-process: on the key's shard (over the mesh when
     /// that is another one), with the server's checks, versioning and replication.
     fn call(&self, request: DataRequest) -> Pin<Box<dyn Future<Output = DataResponse>>>;
@@ -233,16 +235,25 @@ fn start_shard(
     stop: &ShutdownSignal,
     started_unix: u64,
 ) {
+    let router = match &local {
+        None => Router::new(config.managers.clone(), shard_id),
+        Some(local) => {
+            let local = local.clone();
+            Router::following(Rc::new(move || local.routing()), shard_id)
+        }
+    };
     let shard = Rc::new(Shard {
-        router: Router::new(config.managers.clone(), shard_id),
+        router,
         config,
         counters: Counters::default(),
         started_unix,
         local,
     });
-    let polling = shard.clone();
-    let poll_stop = stop.clone();
-    runtime::spawn(async move { polling.router.poll_managers(&poll_stop).await });
+    if shard.local.is_none() {
+        let polling = shard.clone();
+        let poll_stop = stop.clone();
+        runtime::spawn(async move { polling.router.poll_managers(&poll_stop).await });
+    }
     for (listener, kind) in listeners {
         let shard = shard.clone();
         let stop = stop.clone();

@@ -23,9 +23,14 @@ const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 
 type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
 
+/// Where a router takes its snapshot from when it does not poll the managers (a gateway inside a
+/// kumo-server uses the server's).
+pub type SnapshotSource = Rc<dyn Fn() -> Rc<RoutingSnapshot>>;
+
 /// The routing state and server connections of one gateway shard.
 pub struct Router {
     snapshot: RefCell<Rc<RoutingSnapshot>>,
+    source: Option<SnapshotSource>,
     managers: Vec<ManagerClient>,
     pipes: RefCell<HashMap<(SocketAddr, u32), Pipe>>,
     last_refresh: Cell<Option<Instant>>,
@@ -43,6 +48,7 @@ impl Router {
         };
         Router {
             snapshot: RefCell::new(Rc::new(RoutingSnapshot::empty())),
+            source: None,
             managers: managers
                 .into_iter()
                 .map(|addr| RpcClient::new(addr, manager_config.clone()))
@@ -54,9 +60,19 @@ impl Router {
         }
     }
 
+    /// A router that takes every snapshot from `source` and polls no manager.
+    pub fn following(source: SnapshotSource, shard: usize) -> Router {
+        let mut router = Router::new(Vec::new(), shard);
+        router.source = Some(source);
+        router
+    }
+
     /// The current snapshot (cheap: an `Rc`).
     pub fn snapshot(&self) -> Rc<RoutingSnapshot> {
-        self.snapshot.borrow().clone()
+        match &self.source {
+            Some(source) => source(),
+            None => self.snapshot.borrow().clone(),
+        }
     }
 
     /// Adopts `snapshot` if it is newer than the one held; returns whether it did.
@@ -100,6 +116,11 @@ impl Router {
     /// Asks the managers for a newer snapshot now (merged with other refreshes asked for within a
     /// few milliseconds). Returns once the answer, or the failure, is in.
     pub async fn refresh(&self) {
+        if self.source.is_some() {
+            // The source is kept current by its owner; give it the time of one manager round trip.
+            runtime::sleep(MIN_REFRESH_GAP).await;
+            return;
+        }
         let recent = self
             .last_refresh
             .get()

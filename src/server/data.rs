@@ -108,6 +108,11 @@ pub(crate) fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
             routing_version: routing.epoch,
         };
     }
+    read_here(shard, key)
+}
+
+/// Reads `key` from this shard's engine; the caller checked that this server owns it.
+pub(crate) fn read_here(shard: &Shard, key: &[u8]) -> DataResponse {
     super::shard::Counters::bump(&shard.counters.cmd_get, 1);
     match shard.store.engine().get(key) {
         Ok(Some(item)) => {

@@ -3,8 +3,8 @@
 //!
 //! Every shard binds every memcached port (SO_REUSEPORT: the kernel spreads client connections over
 //! the shards) and serves its connections with the gateway's code, with this server as its
-//! [`LocalServer`]: a get of a key this shard owns is read from the engine in place, with no RPC and
-//! no task; any other request for a key this server owns (a write, or a key of another shard) is
+//! [`LocalServer`]: the gateway routes with the server's own routing snapshot (no polling of its own),
+//! and a get of a key this shard owns is read from the engine in place, with no RPC and no task; any other request for a key this server owns (a write, or a key of another shard) is
 //! served in-process by [`super::data::handle`] (over the mesh for another shard, one hop); keys of
 //! other servers go over RPC exactly as from a stand-alone kumo-gateway. So one server with its own
 //! memcached port needs no gateway process, and a client talking to it pays no extra hop for the
@@ -18,7 +18,7 @@ use std::rc::Rc;
 use super::shard::Shard;
 use crate::gateway::{self, GatewayConfig, LocalServer};
 use crate::rpc::data_codec::DataResponseRef;
-use crate::rpc::messages::{DataRequest, DataResponse};
+use crate::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot};
 use crate::runtime::Listener;
 
 /// One server shard seen by the gateway running on it.
@@ -35,8 +35,12 @@ impl LocalServer for Local {
         self.shard.id
     }
 
-    fn get_now(&self, hash: u64, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>)) {
-        let response = super::data::get(&self.shard, hash, key);
+    fn routing(&self) -> Rc<RoutingSnapshot> {
+        self.shard.routing()
+    }
+
+    fn get_now(&self, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>)) {
+        let response = super::data::read_here(&self.shard, key);
         match DataResponseRef::of(&response) {
             Some(view) => answer(view),
             None => answer(DataResponseRef::Error(
