@@ -105,6 +105,11 @@ start_kumofs() {
         wait_port "$gw" $server_pid 10 || { echo "embedded gateway did not start" >&2; return 1; }
     fi
     DATA_PORT=$gw
+    # Routing reaches the gateway within a poll (keepalive) interval: wait until a get is answered.
+    for ((i = 0; i < 50; i++)); do
+        [ "$(printf 'get x\r\n' | timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$gw; cat >&3; head -c 5 <&3" 2>/dev/null)" = "END"$'\r' ] && break
+        sleep 0.2
+    done
 }
 
 HZ=$(getconf CLK_TCK)

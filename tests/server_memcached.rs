@@ -109,6 +109,12 @@ fn one_server_with_its_own_ports_passes_memccapable_and_the_memcache_crate() {
     let mut cluster = Cluster::start_manager();
     let ports = add_embedded_server(&mut cluster);
     cluster.attach();
+    // Right after the attach the server may not have its routing yet (it comes with the next
+    // keepalive answer): a write then waits for it instead of failing.
+    let reply = raw_exchange(ports.text, b"set early 0 0 1\r\nx\r\n", |r| {
+        r.ends_with(b"\r\n")
+    });
+    assert_eq!(reply, b"STORED\r\n", "{}", cluster.logs());
     wait_routed(&cluster, ports.text);
     for (addr, protocol) in [(ports.text, "ascii"), (ports.binary, "binary")] {
         let mc = client(addr, protocol);

@@ -21,6 +21,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Refreshes asked for by failing requests closer together than this are merged into one.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 
+/// A router that follows another's snapshot waits this long at most for a newer one, looking
+/// every [`FOLLOW_STEP`].
+const FOLLOW_WAIT: Duration = Duration::from_millis(600);
+const FOLLOW_STEP: Duration = Duration::from_millis(10);
+
 type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
 
 /// Where a router takes its snapshot from when it does not poll the managers (a gateway inside a
@@ -116,9 +121,16 @@ impl Router {
     /// Asks the managers for a newer snapshot now (merged with other refreshes asked for within a
     /// few milliseconds). Returns once the answer, or the failure, is in.
     pub async fn refresh(&self) {
-        if self.source.is_some() {
-            // The source is kept current by its owner; give it the time of one manager round trip.
-            runtime::sleep(MIN_REFRESH_GAP).await;
+        if let Some(source) = &self.source {
+            // The source is kept current by its owner (a server's keepalives, every 500 ms):
+            // wait for a newer snapshot, up to one such interval.
+            let known = source().epoch;
+            for _ in 0..(FOLLOW_WAIT.as_millis() / FOLLOW_STEP.as_millis()) {
+                runtime::sleep(FOLLOW_STEP).await;
+                if source().epoch != known {
+                    break;
+                }
+            }
             return;
         }
         let recent = self
