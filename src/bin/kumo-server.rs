@@ -1,4 +1,6 @@
-//! kumo-server: stores data, coordinates and replicates writes of a kumofs cluster.
+//! kumo-server: stores data, coordinates and replicates writes of a kumofs cluster. With `-t`, `-b`
+//! or `-c` it also serves the memcached protocols itself, like a kumo-gateway running on its cores
+//! (`kumofs::server` module doc, "gateway").
 
 use std::time::Duration;
 
@@ -231,6 +233,37 @@ mod tests {
         for bad in ["", "group:", "group:0", "group:x", "always", "group:999999"] {
             assert!(parse_durability(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn memcached_ports_make_a_gateway_config() {
+        let config = |extra: &[&str]| {
+            let mut args: Vec<String> = ["-l", "127.0.0.1", "-m", "127.0.0.1", "-s", "/tmp/x"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            config_from(&cli::parse(SPECS, &args).unwrap())
+        };
+        assert!(config(&[]).unwrap().gateway.is_none());
+        let gateway = config(&["-t", "11211", "-c", "127.0.0.1:11611"])
+            .unwrap()
+            .gateway
+            .unwrap();
+        assert_eq!(gateway.managers.len(), 1);
+        let ports: Vec<(u16, PortKind)> = gateway
+            .listen
+            .iter()
+            .map(|(addr, kind)| (addr.port(), *kind))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![(11211, PortKind::Text), (11611, PortKind::AsyncBinary)]
+        );
+        assert!(config(&["-b", "127.0.0.1"])
+            .unwrap_err()
+            .contains("needs a port"));
+        assert!(config(&["-t", "nonsense:port"]).is_err());
     }
 
     #[test]
