@@ -8,6 +8,7 @@
 //! beyond what the decoder has consumed (the decoder itself bounds lines and values by its
 //! [`Limits`](crate::protocol::Limits)). The buffers are reused from batch to batch.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -20,7 +21,7 @@ use super::stats::Counters;
 use super::{PortKind, Shard};
 use crate::protocol::Decoder;
 use crate::rpc::Completion;
-use crate::runtime::{ShutdownSignal, TcpStream};
+use crate::runtime::{Readiness, ShutdownSignal, TcpStream};
 
 /// Serves one client connection until it closes, errs, quits or shutdown fires.
 pub async fn serve_client(
@@ -46,7 +47,30 @@ pub async fn serve_client(
         .set(counters.curr_connections.get().saturating_sub(1));
 }
 
-async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
+/// A client socket: writes go through glommio, reads through the shard's epoll when it can be
+/// registered there (see `runtime::Readiness` for why), else through glommio too. The registration
+/// is dropped before the socket is closed (field order).
+struct ClientSocket {
+    readiness: Option<Readiness>,
+    stream: TcpStream,
+}
+
+impl ClientSocket {
+    fn new(stream: TcpStream) -> ClientSocket {
+        let readiness = Readiness::register(stream.as_raw_fd()).ok();
+        ClientSocket { readiness, stream }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &self.readiness {
+            Some(readiness) => readiness.recv(buf).await,
+            None => self.stream.read(buf).await,
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
+    let mut socket = ClientSocket::new(stream);
     let limits = shard.config.limits;
     let mut decoder = match kind {
         PortKind::Text | PortKind::Binary => Decoder::auto(limits),
@@ -69,7 +93,7 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
             let done = std::future::poll_fn(|cx| conn.poll_batch(cx)).await;
             std::mem::swap(&mut conn.state.borrow_mut().replies.out, &mut writing);
             if !writing.is_empty() {
-                if stream.write_all(&writing).await.is_err() {
+                if socket.stream.write_all(&writing).await.is_err() {
                     return;
                 }
                 writing.clear();
@@ -81,7 +105,7 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
             }
         }
         if started.close {
-            let _ = stream.flush().await;
+            let _ = socket.stream.flush().await;
             return;
         }
         // Nothing refers to the input any more: take it out to read into it.
@@ -89,7 +113,7 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
         input.consume(started.used);
         // A full batch or a barrier may have left complete requests in the buffer.
         let more_decodable = started.used > 0 && !input.is_empty();
-        let alive = more_decodable || read_more(&mut stream, &mut input, max_buffered).await;
+        let alive = more_decodable || read_more(&mut socket, &mut input, max_buffered).await;
         conn.state.borrow_mut().input = input;
         if !alive {
             return;
@@ -98,13 +122,13 @@ async fn serve(mut stream: TcpStream, kind: PortKind, shard: &Rc<Shard>) {
 }
 
 /// Reads once into `input`; false when the connection ended or the request cannot fit any limit.
-async fn read_more(stream: &mut TcpStream, input: &mut Input, max_buffered: usize) -> bool {
+async fn read_more(socket: &mut ClientSocket, input: &mut Input, max_buffered: usize) -> bool {
     if input.len() > max_buffered {
         crate::info!("gateway: closing a client connection whose request exceeds every limit");
         return false;
     }
     input.trim();
-    match stream.read(input.spare()).await {
+    match socket.read(input.spare()).await {
         Ok(0) | Err(_) => false,
         Ok(n) => {
             input.commit(n);

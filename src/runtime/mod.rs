@@ -37,12 +37,14 @@
 
 mod cpus;
 mod net;
+mod ready;
 mod shard;
 mod shutdown;
 mod time;
 
 pub use cpus::{available_cpus, parse_cpu_list, MAX_CPU};
 pub use net::{accept_until, connect, HandedOffStream, Listener, TcpStream};
+pub use ready::Readiness;
 pub use shard::{Runtime, RuntimeConfig, ShardContext};
 pub use shutdown::{Shutdown, ShutdownSignal, POLL_INTERVAL};
 pub use time::{sleep, timeout, Elapsed};
