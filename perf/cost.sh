@@ -72,7 +72,7 @@ start_kumofs() {
     mkdir -p "$WORK/data-$mode"
     taskset -c "$SERVER_CPU" "$BIN/kumo-manager" -l "127.0.0.1:$mgr" >"$WORK/manager-$mode.log" 2>&1 &
     PIDS+=($!)
-    wait_port "$mgr" $! 10 || { echo "manager did not start" >&2; return 1; }
+    wait_port "$mgr" $! 10 || { echo "manager did not start: $(head -c 300 "$WORK/manager-$mode.log")" >&2; return 1; }
     local extra=()
     if [ "$mode" = embedded ]; then
         free_port; gw=$PORT
