@@ -14,7 +14,7 @@ use super::expiry::{absolute_exptime, now_unix};
 use super::stats::Counters;
 use super::{LocalServer, Shard};
 use crate::protocol::{Command, Decoder, KeyList, ProtocolError, Request};
-use crate::ring::{core_of, key_hash};
+use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
 use crate::rpc::data_codec::{self, DataResponseRef, KeyParts, WriteFields};
 use crate::rpc::messages::{DataRequest, RoutingSnapshot, WriteOp};
 use crate::rpc::{Completion, Pipe};
@@ -234,18 +234,13 @@ impl<'a> Route<'a> {
         };
         let hash = key_hash(stored);
         let snapshot = &self.snapshot;
-        let target = match op {
-            FastOp::Get => {
-                // Before the first rebalance completes the read table may still be empty: read
-                // where the writes go.
-                let table = match snapshot.read.nodes().is_empty() {
-                    true => &snapshot.write,
-                    false => &snapshot.read,
-                };
-                table.assign(hash).first().copied()
-            }
-            _ => snapshot.write.coordinator(hash),
+        let table = match op {
+            // Before the first rebalance completes the read table may still be empty: read where
+            // the writes go.
+            FastOp::Get if !snapshot.read.nodes().is_empty() => &snapshot.read,
+            _ => &snapshot.write,
         };
+        let target = first_owner(table, hash);
         let Some(server) = target else {
             // No routing yet, or every owner is down: the slow path refreshes and waits.
             replies.fall_back(index);
@@ -337,6 +332,16 @@ impl<'a> Route<'a> {
     }
 }
 
+/// The first live owner of `hash`: where a get is read and a write coordinated. A table of one
+/// server needs no walk of the ring (one server owns every key).
+fn first_owner(table: &RoutingTable, hash: u64) -> Option<SocketAddr> {
+    match table.nodes() {
+        [(addr, NodeState::Active)] => Some(*addr),
+        [_] => None,
+        _ => table.coordinator(hash),
+    }
+}
+
 /// The key of a get that names exactly one.
 fn single_key<'k>(keys: &'k KeyList<'_>) -> Option<&'k [u8]> {
     let mut iter = keys.iter();
@@ -352,5 +357,36 @@ fn no_data(op: WriteOp, exptime: u32, noreply: bool) -> WriteFields<'static> {
         flags: 0,
         exptime,
         noreply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 19800 + i))
+    }
+
+    #[test]
+    fn first_owner_matches_the_ring_and_skips_the_walk_for_one_server() {
+        let one = RoutingTable::new(1, vec![(addr(0), NodeState::Active)]).unwrap();
+        let down = RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap();
+        let three = RoutingTable::new(
+            1,
+            vec![
+                (addr(0), NodeState::Active),
+                (addr(1), NodeState::Fault),
+                (addr(2), NodeState::Active),
+            ],
+        )
+        .unwrap();
+        for i in 0..500u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            for table in [&one, &down, &three] {
+                assert_eq!(first_owner(table, hash), table.coordinator(hash));
+            }
+        }
+        assert_eq!(first_owner(&RoutingTable::empty(), 7), None);
     }
 }

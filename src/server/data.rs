@@ -12,11 +12,12 @@
 //! tested below), made durable per the `--durability` policy, then replicated (see
 //! [`super::replication`]) before the answer leaves; `noreply` writes answer after the local write.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
-use crate::ring::{core_of, key_hash};
+use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
 use crate::rpc::data_codec::{self, DataRequestRef};
 use crate::rpc::messages::{DataRequest, DataResponse, ReplicaRecord, WriteOp};
 use crate::rpc::Responder;
@@ -103,12 +104,21 @@ pub(crate) fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
     }
     let routing = shard.routing();
     let me = shard.me();
-    if !routing.read.assign(hash).contains(&me) && !routing.write.assign(hash).contains(&me) {
+    if !is_live_owner(&routing.read, hash, me) && !is_live_owner(&routing.write, hash, me) {
         return DataResponse::NotOwner {
             routing_version: routing.epoch,
         };
     }
     read_here(shard, key)
+}
+
+/// Whether `me` is among the live owners of `hash` in `table`; a table of one server needs no walk
+/// of the ring.
+fn is_live_owner(table: &RoutingTable, hash: u64, me: SocketAddr) -> bool {
+    match table.nodes() {
+        [(addr, state)] => *addr == me && *state == NodeState::Active,
+        _ => table.assign(hash).contains(&me),
+    }
 }
 
 /// Reads `key` from this shard's engine; the caller checked that this server owns it.
@@ -390,6 +400,42 @@ mod tests {
             value: value.as_bytes().to_vec(),
             flags,
             exptime,
+        }
+    }
+
+    #[test]
+    fn live_owner_check_matches_the_ring() {
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 19800 + i));
+        let tables = [
+            RoutingTable::new(1, vec![(addr(0), NodeState::Active)]).unwrap(),
+            RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap(),
+            RoutingTable::new(
+                1,
+                (0..5)
+                    .map(|i| {
+                        (
+                            addr(i),
+                            if i == 3 {
+                                NodeState::Fault
+                            } else {
+                                NodeState::Active
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap(),
+        ];
+        for i in 0..300u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            for table in &tables {
+                for me in 0..5 {
+                    assert_eq!(
+                        is_live_owner(table, hash, addr(me)),
+                        table.assign(hash).contains(&addr(me))
+                    );
+                }
+            }
         }
     }
 
