@@ -69,7 +69,7 @@ fn sizes(seed: u64) -> impl Iterator<Item = (usize, bool)> {
             1..=5 => 70_000 + (x >> 8) as usize % 10_000,
             _ => 1 + (x >> 8) as usize % 3000,
         };
-        Some((size, x % 7 == 0))
+        Some((size, x.is_multiple_of(7)))
     })
 }
 

@@ -437,7 +437,8 @@ impl<'a> Reader<'a> {
         self.take(usize::try_from(len).ok()?)
     }
 
-    fn str(&mut self) -> Option<&'a str> {
+    /// A msgpack string's bytes (names are compared as bytes: no UTF-8 check on the hot path).
+    fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             b @ 0xa0..=0xbf => u64::from(b & 0x1f),
             0xd9 => self.be(1)?,
@@ -445,16 +446,20 @@ impl<'a> Reader<'a> {
             0xdb => self.be(4)?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(usize::try_from(len).ok()?)?).ok()
+        self.take(usize::try_from(len).ok()?)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str_bytes()?).ok()
     }
 
     /// An enum: `(name, Some(field count))` for `{name: [..]}`, `(name, None)` for a bare name.
     /// A variant holding one non-array value (`Error`) is reported with `Some(0)` and left at the value.
-    fn variant(&mut self) -> Option<(&'a str, Option<u8>)> {
+    fn variant(&mut self) -> Option<(&'a [u8], Option<u8>)> {
         match *self.buf.first()? {
             0x81 => {
                 self.byte()?;
-                let name = self.str()?;
+                let name = self.str_bytes()?;
                 match *self.buf.first()? {
                     b @ 0x90..=0x9f => {
                         self.byte()?;
@@ -463,7 +468,7 @@ impl<'a> Reader<'a> {
                     _ => Some((name, Some(0))),
                 }
             }
-            _ => Some((self.str()?, None)),
+            _ => Some((self.str_bytes()?, None)),
         }
     }
 
@@ -474,20 +479,20 @@ impl<'a> Reader<'a> {
 
 fn op(reader: &mut Reader<'_>) -> Option<WriteOp> {
     Some(match reader.variant()? {
-        ("Set", None) => WriteOp::Set,
-        ("Add", None) => WriteOp::Add,
-        ("Replace", None) => WriteOp::Replace,
-        ("Append", None) => WriteOp::Append,
-        ("Prepend", None) => WriteOp::Prepend,
-        ("Touch", None) => WriteOp::Touch,
-        ("Delete", None) => WriteOp::Delete,
-        ("Cas", Some(1)) => WriteOp::Cas {
+        (b"Set", None) => WriteOp::Set,
+        (b"Add", None) => WriteOp::Add,
+        (b"Replace", None) => WriteOp::Replace,
+        (b"Append", None) => WriteOp::Append,
+        (b"Prepend", None) => WriteOp::Prepend,
+        (b"Touch", None) => WriteOp::Touch,
+        (b"Delete", None) => WriteOp::Delete,
+        (b"Cas", Some(1)) => WriteOp::Cas {
             version: reader.uint()?,
         },
-        ("Incr", Some(1)) => WriteOp::Incr {
+        (b"Incr", Some(1)) => WriteOp::Incr {
             delta: reader.uint()?,
         },
-        ("Decr", Some(1)) => WriteOp::Decr {
+        (b"Decr", Some(1)) => WriteOp::Decr {
             delta: reader.uint()?,
         },
         _ => return None,
@@ -499,11 +504,11 @@ fn op(reader: &mut Reader<'_>) -> Option<WriteOp> {
 pub fn decode_request(payload: &[u8]) -> Option<DataRequestRef<'_>> {
     let mut r = Reader { buf: payload };
     let request = match r.variant()? {
-        ("Get", Some(2)) => DataRequestRef::Get {
+        (b"Get", Some(2)) => DataRequestRef::Get {
             hash: r.uint()?,
             key: r.bin()?,
         },
-        ("Write", Some(7)) => DataRequestRef::Write {
+        (b"Write", Some(7)) => DataRequestRef::Write {
             hash: r.uint()?,
             key: r.bin()?,
             op: op(&mut r)?,
@@ -522,27 +527,27 @@ pub fn decode_request(payload: &[u8]) -> Option<DataRequestRef<'_>> {
 pub fn decode_response(payload: &[u8]) -> Option<DataResponseRef<'_>> {
     let mut r = Reader { buf: payload };
     let response = match r.variant()? {
-        ("Value", Some(3)) => DataResponseRef::Value {
+        (b"Value", Some(3)) => DataResponseRef::Value {
             value: r.bin()?,
             flags: r.u32()?,
             version: r.uint()?,
         },
-        ("NotFound", None) => DataResponseRef::NotFound,
-        ("Stored", Some(1)) => DataResponseRef::Stored { version: r.uint()? },
-        ("NotStored", None) => DataResponseRef::NotStored,
-        ("Exists", None) => DataResponseRef::Exists,
-        ("Deleted", None) => DataResponseRef::Deleted,
-        ("Number", Some(2)) => DataResponseRef::Number {
+        (b"NotFound", None) => DataResponseRef::NotFound,
+        (b"Stored", Some(1)) => DataResponseRef::Stored { version: r.uint()? },
+        (b"NotStored", None) => DataResponseRef::NotStored,
+        (b"Exists", None) => DataResponseRef::Exists,
+        (b"Deleted", None) => DataResponseRef::Deleted,
+        (b"Number", Some(2)) => DataResponseRef::Number {
             value: r.uint()?,
             version: r.uint()?,
         },
-        ("NonNumeric", None) => DataResponseRef::NonNumeric,
-        ("Touched", None) => DataResponseRef::Touched,
-        ("Flushed", None) => DataResponseRef::Flushed,
-        ("NotOwner", Some(1)) => DataResponseRef::NotOwner {
+        (b"NonNumeric", None) => DataResponseRef::NonNumeric,
+        (b"Touched", None) => DataResponseRef::Touched,
+        (b"Flushed", None) => DataResponseRef::Flushed,
+        (b"NotOwner", Some(1)) => DataResponseRef::NotOwner {
             routing_version: r.uint()?,
         },
-        ("Error", Some(0)) => DataResponseRef::Error(r.str()?),
+        (b"Error", Some(0)) => DataResponseRef::Error(r.str()?),
         _ => return None,
     };
     r.end()?;
