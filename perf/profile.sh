@@ -7,12 +7,13 @@
 #   SECONDS   how long to record (default 10)
 #   after --, arguments for target/release/kumo-bench, started pinned to CPU 1 for the recording, e.g.
 #   perf/profile.sh kumo-gateway 10 -- -p 11211 --pipeline 16 --test-time 12 --cpu 1
-# env: PERF_OUT (default /tmp/kumo-profile-NAME-DATE.data), PERF_TOP (lines printed, default 60)
+# env: PERF_OUT (default /tmp/kumo-profile-NAME-DATE.data), PERF_TOP (lines printed, default 60),
+#      PROFILE_DIR (cargo profile of the kumo-bench binary, default release)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
-    sed -n '2,11p' "$0"
+    sed -n '2,12p' "$0"
     exit 2
 fi
 TARGET=$1
@@ -44,7 +45,7 @@ mkdir -p "$(dirname "$OUT")"
 
 LOAD_PID=""
 if [ ${#LOAD_ARGS[@]} -gt 0 ]; then
-    taskset -c "${LOADGEN_CPU:-1}" "$ROOT/target/release/kumo-bench" "${LOAD_ARGS[@]}" >"$OUT.load.txt" 2>&1 &
+    taskset -c "${LOADGEN_CPU:-1}" "$ROOT/target/${PROFILE_DIR:-release}/kumo-bench" "${LOAD_ARGS[@]}" >"$OUT.load.txt" 2>&1 &
     LOAD_PID=$!
     trap '[ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true' EXIT
     sleep 1 # let the connections come up before recording

@@ -1,8 +1,11 @@
-//! kumo-server: stores data, coordinates and replicates writes of a kumofs cluster.
+//! kumo-server: stores data, coordinates and replicates writes of a kumofs cluster. With `-t`, `-b`
+//! or `-c` it also serves the memcached protocols itself, like a kumo-gateway running on its cores
+//! (`kumofs::server` module doc, "gateway").
 
 use std::time::Duration;
 
 use kumofs::cli::{self, daemon, OptSpec, Parsed};
+use kumofs::gateway::{GatewayConfig, PortKind};
 use kumofs::runtime::{parse_cpu_list, Shutdown};
 use kumofs::server::{self, ServerConfig, DEFAULT_PORT, DEFAULT_STREAM_PORT};
 use kumofs::storage::Durability;
@@ -94,6 +97,24 @@ const SPECS: &[OptSpec] = &[
         "accepted, ignored (see --cpus)",
     ),
     OptSpec::value("-TW", "--write-threads", "n", "accepted, ignored"),
+    OptSpec::value(
+        "-t",
+        "--memproto-text",
+        "[addr:]port",
+        "serve memcached text here too (no kumo-gateway needed)",
+    ),
+    OptSpec::value(
+        "-b",
+        "--memproto-binary",
+        "[addr:]port",
+        "serve memcached binary here too",
+    ),
+    OptSpec::value(
+        "-c",
+        "--cloudy",
+        "[addr:]port",
+        "serve asynchronous memcached binary here too",
+    ),
     daemon::COMMON_SPECS[0],
     daemon::COMMON_SPECS[1],
     daemon::COMMON_SPECS[2],
@@ -101,7 +122,7 @@ const SPECS: &[OptSpec] = &[
 
 fn main() {
     let synopsis =
-        "kumo-server -l <addr[:port]> -m <manager[:port]> [-p <manager2[:port]>] -s <dir> [options]";
+        "kumo-server -l <addr[:port]> -m <manager[:port]> [-p <manager2[:port]>] -s <dir> [-t [addr:]port] [-b [addr:]port] [-c [addr:]port] [options]";
     let parsed = cli::parse_args_or_exit(synopsis, SPECS);
     let config = match config_from(&parsed) {
         Ok(config) => config,
@@ -138,6 +159,25 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         None => Durability::default(),
     };
     let tombstone_min_age: u32 = parsed.parse_or("garbage-max-time", 3600).map_err(|e| e.0)?;
+    let mut listen_memcached = Vec::new();
+    for (long, kind) in [
+        ("memproto-text", PortKind::Text),
+        ("memproto-binary", PortKind::Binary),
+        ("cloudy", PortKind::AsyncBinary),
+    ] {
+        if let Some(text) = parsed.get(long) {
+            let addr = cli::parse_listen_addr(text, 0).map_err(|e| e.0)?;
+            if addr.port() == 0 {
+                return Err(format!("--{long} needs a port"));
+            }
+            listen_memcached.push((addr, kind));
+        }
+    }
+    let gateway = (!listen_memcached.is_empty()).then(|| GatewayConfig {
+        managers: managers.clone(),
+        listen: listen_memcached,
+        ..GatewayConfig::default()
+    });
     Ok(ServerConfig {
         listen,
         managers,
@@ -146,6 +186,7 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         cpus,
         durability,
         tombstone_min_age,
+        gateway,
     })
 }
 
@@ -192,6 +233,37 @@ mod tests {
         for bad in ["", "group:", "group:0", "group:x", "always", "group:999999"] {
             assert!(parse_durability(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn memcached_ports_make_a_gateway_config() {
+        let config = |extra: &[&str]| {
+            let mut args: Vec<String> = ["-l", "127.0.0.1", "-m", "127.0.0.1", "-s", "/tmp/x"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            config_from(&cli::parse(SPECS, &args).unwrap())
+        };
+        assert!(config(&[]).unwrap().gateway.is_none());
+        let gateway = config(&["-t", "11211", "-c", "127.0.0.1:11611"])
+            .unwrap()
+            .gateway
+            .unwrap();
+        assert_eq!(gateway.managers.len(), 1);
+        let ports: Vec<(u16, PortKind)> = gateway
+            .listen
+            .iter()
+            .map(|(addr, kind)| (addr.port(), *kind))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![(11211, PortKind::Text), (11611, PortKind::AsyncBinary)]
+        );
+        assert!(config(&["-b", "127.0.0.1"])
+            .unwrap_err()
+            .contains("needs a port"));
+        assert!(config(&["-t", "nonsense:port"]).is_err());
     }
 
     #[test]

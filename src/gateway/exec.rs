@@ -10,6 +10,7 @@
 //! no server attached at all a request fails at once with `SERVER_ERROR no servers attached`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -21,7 +22,7 @@ use super::Shard;
 use crate::protocol::{
     encode_keyed, Command, ErrorReply, Exptime, Reply, ReplyContext, Request, StoreMode, Value,
 };
-use crate::ring::key_hash;
+use crate::ring::{core_of, key_hash};
 use crate::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot, WriteOp};
 use crate::rpc::RpcError;
 use crate::runtime;
@@ -42,8 +43,25 @@ const NO_SERVERS: Failure = "no servers attached";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The write a store command makes: a CAS token turns set (text `cas`, binary set) and binary
+/// replace into compare-and-swap (the swap needs the stored version to match, so it also implies the
+/// key exists).
+pub fn store_op(mode: StoreMode, cas: Option<u64>) -> WriteOp {
+    match (mode, cas) {
+        (StoreMode::Set | StoreMode::Replace, Some(version)) if version != 0 => {
+            WriteOp::Cas { version }
+        }
+        (StoreMode::Set, _) => WriteOp::Set,
+        (StoreMode::Add, _) => WriteOp::Add,
+        (StoreMode::Replace, _) => WriteOp::Replace,
+        (StoreMode::Append, _) => WriteOp::Append,
+        (StoreMode::Prepend, _) => WriteOp::Prepend,
+    }
+}
+
 /// Plans one request. The flag is true when the connection must close after this reply (quit).
-pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
+/// `counted`: the command counters were bumped already (a fast request that fell back).
+pub fn plan(shard: &Rc<Shard>, request: Request<'_>, counted: bool) -> (Planned, bool) {
     let ctx = request.ctx;
     let done = |reply: Reply<'_>| {
         let mut out = Vec::new();
@@ -51,6 +69,11 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
         Planned::Done(out)
     };
     let c = &shard.counters;
+    let count = |cell: &std::cell::Cell<u64>| {
+        if !counted {
+            Counters::bump(cell);
+        }
+    };
     let planned = match request.command {
         Command::Get {
             keys,
@@ -58,6 +81,9 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
             touch,
         } => {
             let keys: Vec<Vec<u8>> = keys.iter().map(<[u8]>::to_vec).collect();
+            for _ in &keys {
+                count(&c.cmd_get);
+            }
             Planned::Later(Box::pin(get(shard.clone(), keys, touch, ctx)))
         }
         Command::Store {
@@ -68,25 +94,13 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
             value,
             cas,
         } => {
-            Counters::bump(&c.cmd_set);
-            let op = match (mode, cas) {
-                // A CAS token turns set (text `cas`, binary set) and binary replace into
-                // compare-and-swap: the swap needs the stored version to match, so it also
-                // implies the key exists.
-                (StoreMode::Set | StoreMode::Replace, Some(version)) if version != 0 => {
-                    WriteOp::Cas { version }
-                }
-                (StoreMode::Set, _) => WriteOp::Set,
-                (StoreMode::Add, _) => WriteOp::Add,
-                (StoreMode::Replace, _) => WriteOp::Replace,
-                (StoreMode::Append, _) => WriteOp::Append,
-                (StoreMode::Prepend, _) => WriteOp::Prepend,
-            };
+            count(&c.cmd_set);
+            let op = store_op(mode, cas);
             let write = Write::new(shard, &key, op, value.to_vec(), flags, exptime, ctx.quiet);
             Planned::Later(Box::pin(store(shard.clone(), key.into_owned(), write, ctx)))
         }
         Command::Delete { key, cas } => {
-            Counters::bump(&c.cmd_delete);
+            count(&c.cmd_delete);
             let noreply = ctx.quiet || shard.config.async_delete;
             let write = Write::new(shard, &key, WriteOp::Delete, Vec::new(), 0, 0, noreply);
             Planned::Later(Box::pin(delete(
@@ -105,7 +119,7 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
             cas: _,
             touch: _,
         } => {
-            Counters::bump(&c.cmd_arith);
+            count(&c.cmd_arith);
             let op = match incr {
                 true => WriteOp::Incr { delta },
                 false => WriteOp::Decr { delta },
@@ -120,12 +134,12 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>) -> (Planned, bool) {
             )))
         }
         Command::Touch { key, exptime } => {
-            Counters::bump(&c.cmd_touch);
+            count(&c.cmd_touch);
             let write = Write::new(shard, &key, WriteOp::Touch, Vec::new(), 0, exptime, false);
             Planned::Later(Box::pin(touch(shard.clone(), key.into_owned(), write, ctx)))
         }
         Command::FlushAll { delay } => {
-            Counters::bump(&c.cmd_flush);
+            count(&c.cmd_flush);
             Planned::Later(Box::pin(flush_all(shard.clone(), delay, ctx)))
         }
         Command::Version => done(Reply::Version(VERSION)),
@@ -207,6 +221,21 @@ impl Write {
     }
 }
 
+/// Calls shard `core` of `server`: in-process when the gateway runs inside that server, else on
+/// the pipe to it.
+async fn call_server(
+    shard: &Shard,
+    server: SocketAddr,
+    core: usize,
+    request: &DataRequest,
+) -> Result<DataResponse, RpcError> {
+    if let Some(local) = shard.local.as_ref().filter(|l| l.addr() == server) {
+        return Ok(local.call(request.clone()).await);
+    }
+    let pipe = shard.router.pipe(server, core as u32);
+    pipe.call(request, shard.config.call_timeout).await
+}
+
 /// The current snapshot, fetched first if this shard has not heard from a manager yet.
 async fn routing(shard: &Shard) -> Rc<RoutingSnapshot> {
     let snapshot = shard.router.snapshot();
@@ -236,8 +265,8 @@ async fn send_write(shard: &Shard, write: &Write) -> Result<DataResponse, Failur
         if attempt > 0 {
             Counters::bump(&shard.counters.retries);
         }
-        let client = shard.router.client_for(coordinator, write.hash, &snapshot);
-        let stale = match client.call(&write.request).await {
+        let core = core_of(write.hash, snapshot.shards_of(&coordinator));
+        let stale = match call_server(shard, coordinator, core, &write.request).await {
             Ok(DataResponse::NotOwner { routing_version }) => {
                 crate::info!(
                     "gateway: {coordinator} is not the owner (its routing v{routing_version})"
@@ -305,8 +334,8 @@ async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
             if round > 0 || i > 0 {
                 Counters::bump(&shard.counters.retries);
             }
-            let client = shard.router.client_for(owner, hash, &snapshot);
-            match client.call(&request).await {
+            let core = core_of(hash, snapshot.shards_of(&owner));
+            match call_server(shard, owner, core, &request).await {
                 Ok(DataResponse::Value {
                     value,
                     flags,
@@ -343,7 +372,6 @@ async fn get(
         .map(|key| {
             let shard = shard.clone();
             async move {
-                Counters::bump(&shard.counters.cmd_get);
                 if let Some(exptime) = touch {
                     Counters::bump(&shard.counters.cmd_touch);
                     let write =
@@ -494,8 +522,8 @@ async fn flush_all(shard: Rc<Shard>, delay: Exptime, ctx: ReplyContext) -> Vec<u
     let calls: Vec<_> = servers
         .iter()
         .map(|&server| {
-            let client = shard.router.client_for_shard(server, 0);
-            async move { client.call(&DataRequest::FlushAll { delay }).await }
+            let shard = &shard;
+            async move { call_server(shard, server, 0, &DataRequest::FlushAll { delay }).await }
         })
         .collect();
     let results = join_all(calls).await;

@@ -8,18 +8,27 @@
 //! spreads client connections over the shards, and a connection then lives on its shard for good.
 //! Each shard has its own [`router::Router`]: a copy of the routing snapshot (polled every
 //! [`router::POLL_INTERVAL`], and at once after a `NotOwner` answer or a transport error) and one
-//! lazily created `RpcClient` per (server, server shard). A key is sent on the connection bound to
-//! the server core that owns it (`ring::core_of`), so the server never hops cores, and all requests
-//! of all client connections of this shard to one server shard share that connection and coalesce
-//! into one write. Nothing is shared between gateway shards.
+//! lazily created [`Pipe`](crate::rpc::Pipe) per (server, server shard). A key is sent on the
+//! connection bound to the server core that owns it (`ring::core_of`), so the server never hops
+//! cores, and all requests of all client connections of this shard to one server shard share that
+//! connection and coalesce into one write per executor turn. Nothing is shared between gateway
+//! shards.
 //!
 //! # Per connection
 //!
-//! [`conn`] reads into a buffer, decodes every complete request, starts them all at once
-//! ([`exec`] turns each into server calls), and writes every reply that is ready with one write:
-//! text and binary answer in request order, async binary (`-c`, "cloudy") writes answers as they
-//! complete. The connection reads nothing more until the batch is answered, so a client that never
-//! reads its answers stops being read from (memory per connection stays bounded by one batch).
+//! [`conn`] reads into a buffer, starts every complete request at once ([`dispatch`]), and writes
+//! every reply that is ready with one write: text and binary answer in request order, async binary
+//! (`-c`, "cloudy") writes answers as they complete. The connection reads nothing more until the
+//! batch is answered, so a client that never reads its answers stops being read from (memory per
+//! connection stays bounded by one batch). The common requests cost no future, task, timer or
+//! allocation ([`batch`]); the others, and retries, run as futures ([`exec`]).
+//!
+//! # Inside a kumo-server
+//!
+//! The same code serves the memcached ports of `kumo-server -t/-b/-c` ([`serve_embedded`]): there a
+//! [`LocalServer`] answers the keys of the server's own shard from its engine, with no RPC at all,
+//! and the keys of its other shards over the server's own mesh; only keys of other servers go out
+//! on pipes.
 //!
 //! # Semantics
 //!
@@ -29,9 +38,12 @@
 //! of the read table in order and fail over on errors; writes go to the coordinator of the write
 //! table and are retried with backoff after a routing refresh, within bounded time.
 
+mod batch;
 mod conn;
+mod dispatch;
 mod exec;
 mod expiry;
+mod input;
 mod router;
 mod stats;
 
@@ -39,13 +51,17 @@ pub use expiry::absolute_exptime;
 pub use router::{Router, POLL_INTERVAL};
 pub use stats::Counters;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::protocol::Limits;
+use crate::rpc::data_codec::DataResponseRef;
+use crate::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot};
 use crate::runtime::{
-    self, Listener, Runtime, RuntimeConfig, RuntimeError, ShardContext, Shutdown,
+    self, Listener, Runtime, RuntimeConfig, RuntimeError, ShardContext, Shutdown, ShutdownSignal,
 };
 
 /// Which protocol a listening port speaks.
@@ -108,12 +124,30 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The kumo-server a gateway shard runs inside (`kumo-server -t/-b/-c`), as the gateway sees it.
+pub trait LocalServer {
+    /// The server's address in the ring: keys routed there are served in-process.
+    fn addr(&self) -> SocketAddr;
+    /// The server shard this gateway shard runs on.
+    fn shard(&self) -> usize;
+    /// The server's routing snapshot: the gateway routes with it (and polls no manager itself).
+    fn routing(&self) -> Rc<RoutingSnapshot>;
+    /// Serves a get of a key owned by this very shard from its engine, now, and hands the answer
+    /// to `answer`. The caller found this server among the key's owners in [`Self::routing`].
+    fn get_now(&self, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>));
+    /// Any data request to this server, served in-process: on the key's shard (over the mesh when
+    /// that is another one), with the server's checks, versioning and replication.
+    fn call(&self, request: DataRequest) -> Pin<Box<dyn Future<Output = DataResponse>>>;
+}
+
 /// Per-shard state shared by every connection of the shard.
 pub(crate) struct Shard {
     pub config: Rc<GatewayConfig>,
     pub router: Router,
     pub counters: Counters,
     pub started_unix: u64,
+    /// Set when the gateway runs inside a kumo-server.
+    pub local: Option<Rc<dyn LocalServer>>,
 }
 
 /// Runs the gateway until `shutdown` fires (SIGINT/SIGTERM when the caller installed the handler).
@@ -160,20 +194,66 @@ async fn serve_shard(config: Rc<GatewayConfig>, ctx: ShardContext<()>, started_u
             }
         }
     }
-    let shard = Rc::new(Shard {
-        router: Router::new(config.managers.clone(), config.call_timeout, ctx.id()),
-        config: config.clone(),
-        counters: Counters::default(),
-        started_unix,
-    });
     if ctx.id() == 0 {
         for (addr, kind) in &config.listen {
             crate::info!("kumo-gateway listening on {addr} ({kind:?})");
         }
     }
-    let polling = shard.clone();
-    let poll_stop = stop.clone();
-    runtime::spawn(async move { polling.router.poll_managers(&poll_stop).await });
+    start_shard(config, ctx.id(), None, listeners, &stop, started_unix);
+    stop.wait().await;
+    // Give connection tasks one poll interval to see the signal and close their sockets.
+    runtime::sleep(Duration::from_millis(50)).await;
+}
+
+/// Serves the memcached ports of one shard of a kumo-server (`-t/-b/-c`): `listeners` are bound on
+/// this shard already; `local` is the server itself. Returns at once; the work runs in tasks of the
+/// current shard until `stop` fires.
+pub fn serve_embedded(
+    config: GatewayConfig,
+    shard_id: usize,
+    local: Rc<dyn LocalServer>,
+    listeners: Vec<(Listener, PortKind)>,
+    stop: &ShutdownSignal,
+) {
+    let started_unix = expiry::now_unix();
+    start_shard(
+        Rc::new(config),
+        shard_id,
+        Some(local),
+        listeners,
+        stop,
+        started_unix,
+    );
+}
+
+/// Starts a gateway shard's tasks: the routing poll and one accept loop per listener.
+fn start_shard(
+    config: Rc<GatewayConfig>,
+    shard_id: usize,
+    local: Option<Rc<dyn LocalServer>>,
+    listeners: Vec<(Listener, PortKind)>,
+    stop: &ShutdownSignal,
+    started_unix: u64,
+) {
+    let router = match &local {
+        None => Router::new(config.managers.clone(), shard_id),
+        Some(local) => {
+            let local = local.clone();
+            Router::following(Rc::new(move || local.routing()), shard_id)
+        }
+    };
+    let shard = Rc::new(Shard {
+        router,
+        config,
+        counters: Counters::default(),
+        started_unix,
+        local,
+    });
+    if shard.local.is_none() {
+        let polling = shard.clone();
+        let poll_stop = stop.clone();
+        runtime::spawn(async move { polling.router.poll_managers(&poll_stop).await });
+    }
     for (listener, kind) in listeners {
         let shard = shard.clone();
         let stop = stop.clone();
@@ -185,7 +265,4 @@ async fn serve_shard(config: Rc<GatewayConfig>, ctx: ShardContext<()>, started_u
             }
         });
     }
-    stop.wait().await;
-    // Give connection tasks one poll interval to see the signal and close their sockets.
-    runtime::sleep(Duration::from_millis(50)).await;
 }

@@ -1,9 +1,9 @@
 //! One gateway shard's view of the cluster: the routing snapshot polled from the manager(s) and the
-//! RPC clients to every (server, server shard) this shard has talked to.
+//! [`Pipe`]s to every (server, server shard) this shard has talked to.
 //!
-//! A client is created on first use with a hello naming the server shard, so the server binds the
+//! A pipe is created on first use with a hello naming the server shard, so the server binds the
 //! connection to the core that owns the keys sent on it. All client connections of the gateway shard
-//! share these clients, which coalesce concurrent calls into one write.
+//! share these pipes, which coalesce the calls of one executor turn into one write.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -11,11 +11,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::ring::core_of;
-use crate::rpc::messages::{
-    DataRequest, DataResponse, ManagerRequest, ManagerResponse, RoutingSnapshot,
-};
-use crate::rpc::{ClientConfig, Hello, RpcClient, RpcError};
+use crate::rpc::messages::{ManagerRequest, ManagerResponse, RoutingSnapshot};
+use crate::rpc::{ClientConfig, Hello, Pipe, PipeConfig, RpcClient, RpcError};
 use crate::runtime::{self, ShutdownSignal};
 
 /// How often every shard asks the manager(s) for a newer routing snapshot.
@@ -24,22 +21,30 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Refreshes asked for by failing requests closer together than this are merged into one.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 
-pub type DataClient = RpcClient<DataRequest, DataResponse>;
+/// A router that follows another's snapshot waits this long at most for a newer one, looking
+/// every [`FOLLOW_STEP`].
+const FOLLOW_WAIT: Duration = Duration::from_millis(600);
+const FOLLOW_STEP: Duration = Duration::from_millis(10);
+
 type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
+
+/// Where a router takes its snapshot from when it does not poll the managers (a gateway inside a
+/// kumo-server uses the server's).
+pub type SnapshotSource = Rc<dyn Fn() -> Rc<RoutingSnapshot>>;
 
 /// The routing state and server connections of one gateway shard.
 pub struct Router {
     snapshot: RefCell<Rc<RoutingSnapshot>>,
+    source: Option<SnapshotSource>,
     managers: Vec<ManagerClient>,
-    servers: RefCell<HashMap<(SocketAddr, u32), DataClient>>,
-    call_timeout: Duration,
+    pipes: RefCell<HashMap<(SocketAddr, u32), Pipe>>,
     last_refresh: Cell<Option<Instant>>,
     refreshing: Cell<bool>,
     peer_name: String,
 }
 
 impl Router {
-    pub fn new(managers: Vec<SocketAddr>, call_timeout: Duration, shard: usize) -> Router {
+    pub fn new(managers: Vec<SocketAddr>, shard: usize) -> Router {
         let manager_config = ClientConfig {
             call_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
@@ -48,21 +53,31 @@ impl Router {
         };
         Router {
             snapshot: RefCell::new(Rc::new(RoutingSnapshot::empty())),
+            source: None,
             managers: managers
                 .into_iter()
                 .map(|addr| RpcClient::new(addr, manager_config.clone()))
                 .collect(),
-            servers: RefCell::new(HashMap::new()),
-            call_timeout,
+            pipes: RefCell::new(HashMap::new()),
             last_refresh: Cell::new(None),
             refreshing: Cell::new(false),
             peer_name: format!("gateway pid {} shard {shard}", std::process::id()),
         }
     }
 
+    /// A router that takes every snapshot from `source` and polls no manager.
+    pub fn following(source: SnapshotSource, shard: usize) -> Router {
+        let mut router = Router::new(Vec::new(), shard);
+        router.source = Some(source);
+        router
+    }
+
     /// The current snapshot (cheap: an `Rc`).
     pub fn snapshot(&self) -> Rc<RoutingSnapshot> {
-        self.snapshot.borrow().clone()
+        match &self.source {
+            Some(source) => source(),
+            None => self.snapshot.borrow().clone(),
+        }
     }
 
     /// Adopts `snapshot` if it is newer than the one held; returns whether it did.
@@ -81,41 +96,43 @@ impl Router {
         true
     }
 
-    /// The client for the shard of `server` that owns keys hashing to `hash`.
-    pub fn client_for(
-        &self,
-        server: SocketAddr,
-        hash: u64,
-        snapshot: &RoutingSnapshot,
-    ) -> DataClient {
-        let shard = core_of(hash, snapshot.shards_of(&server)) as u32;
-        self.client_for_shard(server, shard)
-    }
-
-    /// The client bound to shard `shard` of `server`, created on first use.
-    pub fn client_for_shard(&self, server: SocketAddr, shard: u32) -> DataClient {
-        let mut servers = self.servers.borrow_mut();
-        servers
-            .entry((server, shard))
-            .or_insert_with(|| {
-                let config = ClientConfig {
-                    call_timeout: self.call_timeout,
-                    connect_timeout: Duration::from_secs(1),
-                    backoff_min: Duration::from_millis(20),
-                    backoff_max: Duration::from_millis(500),
-                    hello: Some(Hello {
-                        target_shard: Some(shard),
-                        peer: self.peer_name.clone(),
-                    }),
-                };
-                RpcClient::new(server, config)
-            })
-            .clone()
+    /// The pipe to shard `shard` of `server`, created on first use.
+    pub fn pipe(&self, server: SocketAddr, shard: u32) -> Pipe {
+        if let Some(pipe) = self.pipes.borrow().get(&(server, shard)) {
+            return pipe.clone();
+        }
+        let config = PipeConfig {
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            hello: Some(Hello {
+                target_shard: Some(shard),
+                peer: self.peer_name.clone(),
+            }),
+            ..PipeConfig::default()
+        };
+        let pipe = Pipe::new(server, config);
+        self.pipes
+            .borrow_mut()
+            .insert((server, shard), pipe.clone());
+        pipe
     }
 
     /// Asks the managers for a newer snapshot now (merged with other refreshes asked for within a
     /// few milliseconds). Returns once the answer, or the failure, is in.
     pub async fn refresh(&self) {
+        if let Some(source) = &self.source {
+            // The source is kept current by its owner (a server's keepalives, every 500 ms):
+            // wait for a newer snapshot, up to one such interval.
+            let known = source().epoch;
+            for _ in 0..(FOLLOW_WAIT.as_millis() / FOLLOW_STEP.as_millis()) {
+                runtime::sleep(FOLLOW_STEP).await;
+                if source().epoch != known {
+                    break;
+                }
+            }
+            return;
+        }
         let recent = self
             .last_refresh
             .get()

@@ -78,7 +78,7 @@ impl Frame<'_> {
     }
 }
 
-/// Appends one frame to `out`. On error `out` is left as it was.
+/// Appends one frame to `out`, its payload encoded with rmp-serde. On error `out` is left as it was.
 pub fn encode_frame<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     kind: FrameKind,
@@ -86,13 +86,32 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     payload: &T,
 ) -> Result<(), RpcError> {
     let start = out.len();
+    let mut failed = None;
+    encode_frame_with(out, kind, id, |out| {
+        failed = rmp_serde::encode::write(out, payload).err();
+    })?;
+    match failed {
+        None => Ok(()),
+        Some(e) => {
+            out.truncate(start);
+            Err(RpcError::Protocol(format!("cannot encode {kind:?}: {e}")))
+        }
+    }
+}
+
+/// Appends one frame whose payload `write` appends (a hand encoder, or rmp-serde). A payload that
+/// makes the frame longer than [`MAX_FRAME_LEN`] is removed again and reported.
+pub fn encode_frame_with(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    id: u64,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), RpcError> {
+    let start = out.len();
     out.extend_from_slice(&[0; LENGTH_PREFIX]);
     out.push(kind as u8);
     out.extend_from_slice(&id.to_be_bytes());
-    if let Err(e) = rmp_serde::encode::write(out, payload) {
-        out.truncate(start);
-        return Err(RpcError::Protocol(format!("cannot encode {kind:?}: {e}")));
-    }
+    write(out);
     let len = out.len() - start - LENGTH_PREFIX;
     if len > MAX_FRAME_LEN {
         out.truncate(start);

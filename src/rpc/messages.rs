@@ -20,7 +20,7 @@ use crate::cluster::state::ClusterState;
 use crate::ring::RoutingTable;
 
 /// What a data write does; the value and its metadata travel beside it in [`DataRequest::Write`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     Set,
     Add,

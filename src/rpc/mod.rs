@@ -3,8 +3,12 @@
 //!
 //! - [`frame`]: the frame layout (documented byte by byte there) and a sans-IO decoder;
 //! - [`messages`]: one request enum and one response enum per peer pair;
+//! - [`data_codec`]: hand-written msgpack (byte-identical to rmp-serde) for the data path's gets
+//!   and writes, decoded without copying keys and values;
 //! - [`RpcClient`]: a shard-local client with per-call timeouts, write coalescing and reconnects;
-//! - [`serve_connection`]: the server side, running requests concurrently.
+//! - [`Pipe`]: the data path's client, a call being an entry in a queue rather than a future;
+//! - [`serve_connection`]: the server side, running requests concurrently, and [`serve_frames`],
+//!   its lower layer that lets a handler answer a request inline.
 //!
 //! Everything here runs inside one shard (`Rc`, no locks); a process has one client per shard and
 //! peer. To bind a connection to the server core that owns its keys, the client sends a [`Hello`]
@@ -12,17 +16,20 @@
 //! or sends the [`Routed::Elsewhere`] stream over the runtime's mesh to the shard that owns it.
 
 pub mod blocking;
+pub mod data_codec;
 pub mod frame;
 pub mod messages;
 
 mod client;
 mod outbox;
+mod pipe;
 mod server;
 mod sync;
 
 pub use client::{ClientConfig, RpcClient};
 pub use frame::{Hello, MAX_FRAME_LEN};
-pub use server::{read_hello, route_by_hello, serve_connection, Routed};
+pub use pipe::{Completion, Pipe, PipeConfig};
+pub use server::{read_hello, route_by_hello, serve_connection, serve_frames, Responder, Routed};
 
 /// Why a call failed.
 #[derive(Clone, Debug, PartialEq, Eq)]

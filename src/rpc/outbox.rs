@@ -9,7 +9,7 @@ use std::io;
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use serde::Serialize;
 
-use super::frame::{encode_frame, FrameKind};
+use super::frame::{encode_frame, encode_frame_with, FrameKind};
 use super::sync::Notify;
 use super::RpcError;
 
@@ -32,6 +32,21 @@ impl Outbox {
             return Err(RpcError::Transport("connection is closed".into()));
         }
         encode_frame(&mut self.buf.borrow_mut(), kind, id, payload)?;
+        self.notify.notify();
+        Ok(())
+    }
+
+    /// Queues one frame whose payload `write` appends (the hand-written encoders of hot messages).
+    pub(crate) fn push_with(
+        &self,
+        kind: FrameKind,
+        id: u64,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), RpcError> {
+        if self.closed.get() {
+            return Err(RpcError::Transport("connection is closed".into()));
+        }
+        encode_frame_with(&mut self.buf.borrow_mut(), kind, id, write)?;
         self.notify.notify();
         Ok(())
     }

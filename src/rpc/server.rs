@@ -1,10 +1,12 @@
 //! The server side of a connection: read frames, run the handler for each request concurrently, and
 //! write responses back with one write per batch.
 //!
-//! Each request runs in its own task, so a slow request (a replication wait) does not hold up the
-//! ones behind it; responses may therefore leave out of order, which the request ids allow. Tasks
-//! spawned for all the requests of one read run before the writer task is scheduled again, so every
-//! response that is ready by then leaves in a single write.
+//! [`serve_connection`] runs each request in its own task, so a slow request (a replication wait)
+//! does not hold up the ones behind it; responses may therefore leave out of order, which the request
+//! ids allow. Tasks spawned for all the requests of one read run before the writer task is scheduled
+//! again, so every response that is ready by then leaves in a single write. [`serve_frames`] is the
+//! layer below: a connection whose requests can often be answered at once (a get served from memory)
+//! answers them inline, without a task or a future per request.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -85,9 +87,9 @@ pub async fn route_by_hello(
 /// flushes their responses. To close the connection early (shutdown), drop this future: race it
 /// with `ShutdownSignal::wait`. `buffered` holds bytes already read from the stream (see [`read_hello`]).
 ///
-/// The handler's `Err(message)` is sent as an error frame (the caller gets [`RpcError::Remote`]).
-/// A request whose payload does not decode gets an error frame too; a broken frame stream ends the
-/// connection with [`RpcError::Protocol`].
+/// Every request runs in its own task. The handler's `Err(message)` is sent as an error frame (the
+/// caller gets [`RpcError::Remote`]). A request whose payload does not decode gets an error frame
+/// too; a broken frame stream ends the connection with [`RpcError::Protocol`].
 pub async fn serve_connection<Req, Resp, H, Fut>(
     stream: TcpStream,
     buffered: Vec<u8>,
@@ -99,8 +101,36 @@ where
     H: Fn(Req) -> Fut + 'static,
     Fut: Future<Output = Result<Resp, String>> + 'static,
 {
+    serve_frames(
+        stream,
+        buffered,
+        |id, payload, responder| match rmp_serde::from_slice::<Req>(payload) {
+            Ok(request) => {
+                let future = handler(request);
+                responder.spawn(id, future, |out, response: &Resp| {
+                    rmp_serde::encode::write(out, response).map_err(|e| e.to_string())
+                });
+            }
+            Err(e) => responder.respond_error(id, &format!("bad request: {e}")),
+        },
+    )
+    .await
+}
+
+/// The lower layer of [`serve_connection`]: `on_request(id, payload, responder)` is called for every
+/// request frame, in order, and answers through the [`Responder`], either at once (a read served
+/// from memory: no task, no future) or later from a task it starts with [`Responder::spawn`].
+/// Responses pushed while one read's requests are handled leave together in one write.
+pub async fn serve_frames<F>(
+    stream: TcpStream,
+    buffered: Vec<u8>,
+    on_request: F,
+) -> Result<(), RpcError>
+where
+    F: FnMut(u64, &[u8], &Rc<Responder>),
+{
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let state = Rc::new(ServerConnection {
+    let state = Rc::new(Responder {
         outbox: Outbox::default(),
         in_flight: Cell::new(0),
         reading: Cell::new(true),
@@ -108,12 +138,11 @@ where
     let writing = state.clone();
     let writer_task =
         glommio::spawn_local(async move { writing.outbox.run_writer(&mut writer).await });
-    let handler = Rc::new(handler);
     let result = read_requests(
         &state,
         &mut reader,
         FrameDecoder::with_bytes(buffered),
-        handler,
+        on_request,
     )
     .await;
     state.reading.set(false);
@@ -127,64 +156,81 @@ where
     written.map_err(|e| RpcError::Transport(format!("write: {e}")))
 }
 
-struct ServerConnection {
+/// Where the responses of one served connection go.
+pub struct Responder {
     outbox: Outbox,
     in_flight: Cell<usize>,
     reading: Cell<bool>,
 }
 
-impl ServerConnection {
+impl Responder {
     fn close_if_idle(&self) {
         if !self.reading.get() && self.in_flight.get() == 0 {
             self.outbox.close();
         }
     }
+
+    /// Sends the response to request `id`, its payload appended by `write`.
+    pub fn respond_with(&self, id: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Err(RpcError::Protocol(why)) = self.outbox.push_with(FrameKind::Response, id, write)
+        {
+            // The response could not be framed (too large): say so.
+            self.respond_error(id, &why);
+        }
+    }
+
+    /// Sends an error frame: the caller gets [`RpcError::Remote`] with `message`.
+    pub fn respond_error(&self, id: u64, message: &str) {
+        let _ = self.outbox.push(FrameKind::Error, id, message);
+    }
+
+    /// Runs `future` in its own task and answers request `id` with its outcome, the payload of an
+    /// `Ok` written by `encode` (an encoding failure is answered as an error frame).
+    pub fn spawn<T, Fut, E>(self: &Rc<Self>, id: u64, future: Fut, encode: E)
+    where
+        T: 'static,
+        Fut: Future<Output = Result<T, String>> + 'static,
+        E: Fn(&mut Vec<u8>, &T) -> Result<(), String> + 'static,
+    {
+        let state = self.clone();
+        state.in_flight.set(state.in_flight.get() + 1);
+        runtime::spawn(async move {
+            match future.await {
+                Ok(response) => {
+                    let mut failed = None;
+                    state.respond_with(id, |out| {
+                        let start = out.len();
+                        if let Err(e) = encode(out, &response) {
+                            out.truncate(start);
+                            failed = Some(e);
+                        }
+                    });
+                    if let Some(why) = failed {
+                        state.respond_error(id, &format!("cannot encode the response: {why}"));
+                    }
+                }
+                Err(message) => state.respond_error(id, &message),
+            }
+            state.in_flight.set(state.in_flight.get() - 1);
+            state.close_if_idle();
+        });
+    }
 }
 
-async fn read_requests<Req, Resp, H, Fut, R>(
-    state: &Rc<ServerConnection>,
+async fn read_requests<F, R>(
+    state: &Rc<Responder>,
     reader: &mut R,
     mut decoder: FrameDecoder,
-    handler: Rc<H>,
+    mut on_request: F,
 ) -> Result<(), RpcError>
 where
-    Req: DeserializeOwned + 'static,
-    Resp: Serialize + 'static,
-    H: Fn(Req) -> Fut + 'static,
-    Fut: Future<Output = Result<Resp, String>> + 'static,
+    F: FnMut(u64, &[u8], &Rc<Responder>),
     R: AsyncRead + Unpin,
 {
     loop {
         while let Some(frame) = decoder.next_frame()? {
-            let id = frame.id;
             match frame.kind {
-                FrameKind::Request => match frame.decode::<Req>() {
-                    Ok(request) => {
-                        let future = handler(request);
-                        let state = state.clone();
-                        state.in_flight.set(state.in_flight.get() + 1);
-                        runtime::spawn(async move {
-                            let outcome = future.await;
-                            let pushed = match &outcome {
-                                Ok(response) => {
-                                    state.outbox.push(FrameKind::Response, id, response)
-                                }
-                                Err(message) => state.outbox.push(FrameKind::Error, id, message),
-                            };
-                            if let Err(RpcError::Protocol(why)) = pushed {
-                                // The response could not be encoded (e.g. too large): say so.
-                                let _ = state.outbox.push(FrameKind::Error, id, &why);
-                            }
-                            state.in_flight.set(state.in_flight.get() - 1);
-                            state.close_if_idle();
-                        });
-                    }
-                    Err(e) => {
-                        state
-                            .outbox
-                            .push(FrameKind::Error, id, &format!("bad request: {e}"))?
-                    }
-                },
+                FrameKind::Request => on_request(frame.id, frame.payload, state),
                 // A hello after the start changes nothing here: the shard is already chosen.
                 FrameKind::Hello => {}
                 other => {

@@ -22,6 +22,13 @@
 //! [`HandedOffStream::into_stream`] and serves it as if it had accepted it. After that one hop, every
 //! request on the connection lands on the core that owns its keys, with no cross-core traffic.
 //!
+//! # Many client sockets
+//!
+//! Sockets that carry one small request at a time from many clients (a gateway's memcached
+//! connections) read through [`Readiness`]: one edge-triggered epoll per shard, polled once per
+//! executor turn, instead of an io_uring poll per read (see `ready` for what that saves). Writes
+//! and every other socket stay with glommio.
+//!
 //! # Tasks and shutdown
 //!
 //! When a shard's closure returns, its executor stops polling: detached tasks ([`spawn`]) are not
@@ -37,12 +44,14 @@
 
 mod cpus;
 mod net;
+mod ready;
 mod shard;
 mod shutdown;
 mod time;
 
 pub use cpus::{available_cpus, parse_cpu_list, MAX_CPU};
 pub use net::{accept_until, connect, HandedOffStream, Listener, TcpStream};
+pub use ready::Readiness;
 pub use shard::{Runtime, RuntimeConfig, ShardContext};
 pub use shutdown::{Shutdown, ShutdownSignal, POLL_INTERVAL};
 pub use time::{sleep, timeout, Elapsed};

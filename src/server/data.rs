@@ -12,13 +12,43 @@
 //! tested below), made durable per the `--durability` policy, then replicated (see
 //! [`super::replication`]) before the answer leaves; `noreply` writes answer after the local write.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
-use crate::ring::{core_of, key_hash};
+use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
+use crate::rpc::data_codec::{self, DataRequestRef};
 use crate::rpc::messages::{DataRequest, DataResponse, ReplicaRecord, WriteOp};
+use crate::rpc::Responder;
 use crate::runtime;
+
+/// Answers one request frame of a gateway connection. A get of a key of this shard is answered
+/// inline, its response appended to the connection's output at once (no task, no future: the
+/// responses of one read leave in one write); everything else runs in a task of its own.
+pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder: &Rc<Responder>) {
+    let request = match data_codec::decode_request(payload) {
+        Some(DataRequestRef::Get { hash, key }) if core_of(hash, shard.count) == shard.id => {
+            let response = get(shard, hash, key);
+            responder.respond_with(id, |out| {
+                // Infallible for the responses of a get.
+                let _ = data_codec::put_response(out, &response);
+            });
+            return;
+        }
+        Some(request) => request.to_owned(),
+        None => match rmp_serde::from_slice::<DataRequest>(payload) {
+            Ok(request) => request,
+            Err(e) => return responder.respond_error(id, &format!("bad request: {e}")),
+        },
+    };
+    let shard = shard.clone();
+    responder.spawn(
+        id,
+        async move { Ok::<_, String>(handle(&shard, request).await) },
+        |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
+    );
+}
 use crate::storage::{Engine, IncrOutcome, StorageError, WriteOutcome};
 
 /// Entry point of a gateway connection's request on any shard.
@@ -67,17 +97,32 @@ pub(crate) async fn handle_local(shard: &Rc<Shard>, request: DataRequest) -> Dat
     }
 }
 
-fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
+/// A get served by this shard (the caller routed it here).
+pub(crate) fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
     if key_hash(key) != hash {
         return DataResponse::Error("the hash does not match the key".into());
     }
     let routing = shard.routing();
     let me = shard.me();
-    if !routing.read.assign(hash).contains(&me) && !routing.write.assign(hash).contains(&me) {
+    if !is_live_owner(&routing.read, hash, me) && !is_live_owner(&routing.write, hash, me) {
         return DataResponse::NotOwner {
             routing_version: routing.epoch,
         };
     }
+    read_here(shard, key)
+}
+
+/// Whether `me` is among the live owners of `hash` in `table`; a table of one server needs no walk
+/// of the ring.
+fn is_live_owner(table: &RoutingTable, hash: u64, me: SocketAddr) -> bool {
+    match table.nodes() {
+        [(addr, state)] => *addr == me && *state == NodeState::Active,
+        _ => table.assign(hash).contains(&me),
+    }
+}
+
+/// Reads `key` from this shard's engine; the caller checked that this server owns it.
+pub(crate) fn read_here(shard: &Shard, key: &[u8]) -> DataResponse {
     super::shard::Counters::bump(&shard.counters.cmd_get, 1);
     match shard.store.engine().get(key) {
         Ok(Some(item)) => {
@@ -355,6 +400,42 @@ mod tests {
             value: value.as_bytes().to_vec(),
             flags,
             exptime,
+        }
+    }
+
+    #[test]
+    fn live_owner_check_matches_the_ring() {
+        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 19800 + i));
+        let tables = [
+            RoutingTable::new(1, vec![(addr(0), NodeState::Active)]).unwrap(),
+            RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap(),
+            RoutingTable::new(
+                1,
+                (0..5)
+                    .map(|i| {
+                        (
+                            addr(i),
+                            if i == 3 {
+                                NodeState::Fault
+                            } else {
+                                NodeState::Active
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap(),
+        ];
+        for i in 0..300u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            for table in &tables {
+                for me in 0..5 {
+                    assert_eq!(
+                        is_live_owner(table, hash, addr(me)),
+                        table.assign(hash).contains(&addr(me))
+                    );
+                }
+            }
         }
     }
 

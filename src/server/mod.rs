@@ -10,6 +10,7 @@
 //!
 //! - [`data`]: gateway requests (get, the write ops, flush_all, stats);
 //! - [`replication`]: replicating writes to the other owners and applying replicas;
+//! - [`gateway`]: the memcached ports (`-t/-b/-c`), the gateway running inside the server;
 //! - [`manager_link`]: keepalives to the managers, routing adoption, rebalance phases;
 //! - [`rebalance`]: a shard's copy and drop work during a rebalance.
 //!
@@ -36,6 +37,7 @@
 //! writes its index snapshot, so the next start is fast and loses nothing acknowledged.
 
 pub mod data;
+mod gateway;
 pub mod manager_link;
 pub mod rebalance;
 pub mod replication;
@@ -76,11 +78,21 @@ pub struct ServerConfig {
     pub durability: Durability,
     /// Tombstones younger than this are never collected (`-gN`, seconds).
     pub tombstone_min_age: u32,
+    /// The memcached ports this server serves itself (`-t/-b/-c`), with the gateway settings;
+    /// `None`: clients go through a kumo-gateway.
+    pub gateway: Option<crate::gateway::GatewayConfig>,
 }
 
 /// Opens the store, starts the shards and serves until SIGINT/SIGTERM (or `shutdown`).
 /// Every error is a sentence for the operator.
 pub fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), String> {
+    // Probe the memcached ports once from here, so "address in use" is one clear error.
+    for (addr, _) in config.gateway.iter().flat_map(|g| &g.listen) {
+        drop(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        );
+    }
     let cpus = match &config.cpus {
         Some(cpus) => cpus.clone(),
         None => runtime::available_cpus().map_err(|e| e.to_string())?,
@@ -153,6 +165,14 @@ async fn shard_main(
     }
     runtime::spawn(shard.clone().run_inbox());
     runtime::spawn(housekeeping(shard.clone(), min_age));
+    if let Some(gateway) = &shard.config.gateway {
+        if let Err(why) = gateway::start(&shard, gateway) {
+            if let Ok(mut slot) = failure.lock() {
+                slot.get_or_insert(why);
+            }
+            shard.ctx.shutdown_all();
+        }
+    }
     let stop = shard.ctx.shutdown_signal();
     while let Some(stream) = runtime::accept_until(&listener, &stop).await {
         runtime::spawn(shard.clone().route_accepted(stream));

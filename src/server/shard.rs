@@ -32,7 +32,7 @@ use crate::rpc::messages::{
     DataRequest, DataResponse, ReplicaRecord, ReplicationRequest, ReplicationResponse,
     RoutingSnapshot,
 };
-use crate::rpc::{read_hello, serve_connection, Hello};
+use crate::rpc::{read_hello, serve_connection, serve_frames, Hello};
 use crate::runtime::{self, HandedOffStream, ShardContext, TcpStream};
 use crate::storage::ShardStore;
 
@@ -336,9 +336,8 @@ impl Shard {
                     })
                     .await
                 } else {
-                    serve_connection(stream, buffered, move |request: DataRequest| {
-                        let shard = shard.clone();
-                        async move { Ok::<_, String>(super::data::handle(&shard, request).await) }
+                    serve_frames(stream, buffered, move |id, payload, responder| {
+                        super::data::serve_frame(&shard, id, payload, responder)
                     })
                     .await
                 }
