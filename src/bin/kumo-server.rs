@@ -33,7 +33,7 @@ const SPECS: &[OptSpec] = &[
         "-L",
         "--stream-listen",
         "port",
-        "replace-stream port announced to the managers (default 19900)",
+        "port for rebalance copies, on the -l address (default 19900)",
     ),
     OptSpec::value(
         "",
@@ -94,6 +94,18 @@ const SPECS: &[OptSpec] = &[
         "accepted, ignored (see --cpus)",
     ),
     OptSpec::value("-TW", "--write-threads", "n", "accepted, ignored"),
+    OptSpec::value(
+        "",
+        "--copy-rate",
+        "MiB/s",
+        "rebalance copy rate of this server (default 32, 0 = unlimited)",
+    ),
+    OptSpec::value(
+        "",
+        "--gc-interval",
+        "sec",
+        "how often tombstones and other garbage are collected (default 60)",
+    ),
     daemon::COMMON_SPECS[0],
     daemon::COMMON_SPECS[1],
     daemon::COMMON_SPECS[2],
@@ -138,6 +150,14 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         None => Durability::default(),
     };
     let tombstone_min_age: u32 = parsed.parse_or("garbage-max-time", 3600).map_err(|e| e.0)?;
+    let copy_rate_mib: f64 = parsed.parse_or("copy-rate", 32.0).map_err(|e| e.0)?;
+    if !(0.0..=1e6).contains(&copy_rate_mib) {
+        return Err(format!("--copy-rate {copy_rate_mib} must be between 0 and 1000000 MiB/s"));
+    }
+    let gc_secs: f64 = parsed.parse_or("gc-interval", 60.0).map_err(|e| e.0)?;
+    if !(0.05..=86_400.0).contains(&gc_secs) {
+        return Err(format!("--gc-interval {gc_secs} must be between 0.05 and 86400 seconds"));
+    }
     Ok(ServerConfig {
         listen,
         managers,
@@ -146,6 +166,8 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         cpus,
         durability,
         tombstone_min_age,
+        copy_rate: (copy_rate_mib * 1024.0 * 1024.0) as u64,
+        gc_interval: Duration::from_secs_f64(gc_secs),
     })
 }
 

@@ -12,10 +12,27 @@
 //! A key lives in shard `ring::core_of(hash, N)`, so reopening a store with another shard count
 //! would look every key up in the wrong engine. The meta file is written when the store is created
 //! and checked on every start; a mismatch is refused with an error that says how to fix it.
+//!
+//! Beside the engines the directory holds small text files of the cluster side, each written to a
+//! temporary name and renamed into place:
+//!
+//! ```text
+//! PATH/shard-N.clock          "<u64>\n": newest version shard N issued or saw (see load_clock)
+//! PATH/kumo-server.horizon    "<u64>\n": the GC horizon last known while this server was active
+//! PATH/kumo-server.backup     "<u64>\n": id of the last backup order this server carried out
+//! ```
+//!
+//! The last part of this file holds the few operations the cluster needs from the storage engine
+//! beyond its public API (the stored version of a key including tombstones, tombstone collection
+//! bounded by a version, dropping records below a version). They use the engine's crate-internal
+//! index and segment access; they belong in `crate::storage` and are kept here, small, until the
+//! engine offers them.
 
 use std::path::{Path, PathBuf};
 
-use crate::storage::{Config, Durability, Engine};
+use crate::storage::engine::read_slot_prefix;
+use crate::storage::record::{Header, Kind, HEADER_LEN};
+use crate::storage::{Config, Durability, Engine, StorageError};
 
 /// Name of the meta file inside the store directory.
 pub const META_FILE: &str = "kumo-server.meta";
@@ -139,6 +156,148 @@ pub fn save_clock(dir: &Path, shard: usize, version: u64) -> std::io::Result<()>
     std::fs::rename(&tmp, &path)
 }
 
+/// Reads a `"<u64>\n"` file; 0 when it is missing or unreadable.
+fn read_u64_file(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes a `"<u64>\n"` file durably: temporary file, fsync, rename, fsync of the directory.
+fn write_u64_file(path: &Path, value: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, format!("{value}\n").as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn horizon_path(dir: &Path) -> PathBuf {
+    dir.join("kumo-server.horizon")
+}
+
+/// The GC horizon this server last knew while it was an active member (0 = never).
+pub fn load_horizon(dir: &Path) -> u64 {
+    read_u64_file(&horizon_path(dir))
+}
+
+/// Remembers the GC horizon known while active (see `manager_link`'s rejoin rule).
+pub fn save_horizon(dir: &Path, horizon: u64) -> std::io::Result<()> {
+    write_u64_file(&horizon_path(dir), horizon)
+}
+
+fn backup_path(dir: &Path) -> PathBuf {
+    dir.join("kumo-server.backup")
+}
+
+/// Id of the last backup order carried out (0 = none).
+pub fn load_last_backup(dir: &Path) -> u64 {
+    read_u64_file(&backup_path(dir))
+}
+
+pub fn save_last_backup(dir: &Path, id: u64) -> std::io::Result<()> {
+    write_u64_file(&backup_path(dir), id)
+}
+
+/// The version of `key`'s current record, value or tombstone, flushed or not (`None` if absent).
+/// A coordinator stamps a write above it, so a newer write never loses to a record stamped by a
+/// clock that ran ahead.
+pub fn stored_version(engine: &mut Engine, key: &[u8]) -> Result<Option<u64>, StorageError> {
+    engine.check_key(key)?;
+    Ok(engine.find(key)?.map(|found| found.header.version))
+}
+
+/// Records older than this read as missing (`flush_all`).
+pub fn flush_version(engine: &Engine) -> u64 {
+    engine.flush_version
+}
+
+/// Visits the header of every record of the index in `tags`, collecting the slots `doomed` says
+/// to drop, then drops them from the index. Returns how many were dropped.
+fn drop_where(
+    engine: &mut Engine,
+    tags: std::ops::RangeInclusive<u32>,
+    only_segment: Option<u32>,
+    mut doomed: impl FnMut(&Header) -> bool,
+) -> Result<u64, StorageError> {
+    let mut victims = Vec::new();
+    let positions: Vec<usize> = match only_segment {
+        // A whole-index pass that reads only the oldest segment's headers (like the engine's GC).
+        Some(segment) => (0..engine.index.slots().len())
+            .filter(|&pos| {
+                let slot = engine.index.get(pos);
+                !slot.is_empty() && slot.segment() == segment
+            })
+            .collect(),
+        None => engine.index.positions_in(tags),
+    };
+    for pos in positions {
+        let slot = engine.index.get(pos);
+        read_slot_prefix(&engine.segments, slot, HEADER_LEN, &mut engine.buf)?;
+        if let Ok(header) = Header::decode(&engine.buf) {
+            if doomed(&header) {
+                victims.push(slot);
+            }
+        }
+    }
+    let mut dropped = 0;
+    for slot in victims {
+        dropped += u64::from(engine.remove_slot(slot));
+    }
+    Ok(dropped)
+}
+
+/// Tombstone collection bounded by the cluster's GC horizon: among the records of the oldest
+/// segment, drops tombstones whose version is below `horizon` and whose delete is at least
+/// `min_age_secs` old, expired values and flushed records, then (if it dropped anything) asks
+/// compaction to rewrite that segment next. Only the oldest segment, for the reason given in
+/// `crate::storage::compact`: a dropped entry must have no older record left behind it that a full
+/// log replay could bring back. Compaction itself never drops a tombstone (the age-only rule of
+/// `Engine::gc_tombstones` would ignore the horizon), so repeated calls sweep the log.
+pub fn collect_garbage(
+    engine: &mut Engine,
+    horizon: u64,
+    min_age_secs: u32,
+) -> Result<u64, StorageError> {
+    engine.tombstone_min_age = None;
+    let now = engine.now();
+    let flush = engine.flush_version;
+    let Some(&oldest) = engine.segments.keys().next() else {
+        return Ok(0);
+    };
+    let dropped = drop_where(engine, 0..=u32::MAX, Some(oldest), |h| {
+        h.version < flush
+            || match h.kind {
+                Kind::Value => h.expiry != 0 && h.expiry <= now,
+                Kind::Tombstone => {
+                    h.version < horizon && now.saturating_sub(h.expiry) >= min_age_secs
+                }
+            }
+    })?;
+    if dropped > 0 {
+        engine.gc_requested = true;
+    }
+    Ok(dropped)
+}
+
+/// Drops every record (value or tombstone) of the keys whose tag lies in `tags` and whose version
+/// is below `horizon`: what a server that rejoins after the horizon advanced must forget (see
+/// `manager_link`). Durable once the index snapshot is written.
+pub fn drop_below(
+    engine: &mut Engine,
+    tags: std::ops::RangeInclusive<u32>,
+    horizon: u64,
+) -> Result<u64, StorageError> {
+    drop_where(engine, tags, None, |h| h.version < horizon)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +324,90 @@ mod tests {
         assert_eq!(load_clock(dir.path(), 1), 0);
         std::fs::write(clock_path(dir.path(), 0), b"junk").unwrap();
         assert_eq!(load_clock(dir.path(), 0), 0);
+    }
+
+    fn engine(dir: &Path) -> Engine {
+        let mut config = Config::new(dir.join("e"));
+        config.durability = Durability::None;
+        Engine::open(config).unwrap().0
+    }
+
+    #[test]
+    fn the_stored_version_counts_tombstones_and_flushed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        assert_eq!(stored_version(&mut e, b"k").unwrap(), None);
+        e.put(b"k", b"v", 0, 0, 50).unwrap();
+        assert_eq!(stored_version(&mut e, b"k").unwrap(), Some(50));
+        e.delete(b"k", 90).unwrap();
+        assert_eq!(stored_version(&mut e, b"k").unwrap(), Some(90));
+        e.flush(100).unwrap();
+        assert_eq!(stored_version(&mut e, b"k").unwrap(), Some(90));
+        assert_eq!(flush_version(&e), 100);
+        assert!(stored_version(&mut e, b"").is_err());
+    }
+
+    #[test]
+    fn garbage_collection_keeps_tombstones_at_or_above_the_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        e.set_clock(Some(1_000_000));
+        for (key, version) in [("a", 10u64), ("b", 20), ("c", 30)] {
+            e.put(key.as_bytes(), b"v", 0, 0, version).unwrap();
+            e.delete(key.as_bytes(), version + 1).unwrap();
+        }
+        e.put(b"live", b"v", 0, 0, 5).unwrap();
+        e.put(b"expired", b"v", 0, 999_999, 6).unwrap();
+        // Deleted just now: too young for a 60 s minimum age whatever the horizon.
+        assert_eq!(collect_garbage(&mut e, u64::MAX, 60).unwrap(), 1);
+        assert_eq!(e.stats().tombstones, 3);
+        e.set_clock(Some(1_000_100));
+        // Old enough, but only the tombstones below the horizon go.
+        assert_eq!(collect_garbage(&mut e, 21, 60).unwrap(), 1);
+        assert_eq!(e.stats().tombstones, 2);
+        assert_eq!(collect_garbage(&mut e, 0, 60).unwrap(), 0);
+        assert_eq!(collect_garbage(&mut e, 32, 60).unwrap(), 2);
+        assert_eq!(e.stats().tombstones, 0);
+        assert_eq!(e.get(b"live").unwrap().map(|i| i.version), Some(5));
+        // Compaction never drops a tombstone by age alone afterwards.
+        e.delete(b"live", 40).unwrap();
+        e.set_clock(Some(2_000_000));
+        for _ in 0..10 {
+            e.compact_step(1 << 20).unwrap();
+        }
+        assert_eq!(stored_version(&mut e, b"live").unwrap(), Some(40));
+    }
+
+    #[test]
+    fn dropping_below_a_version_forgets_values_and_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        e.put(b"old", b"v", 0, 0, 10).unwrap();
+        e.put(b"gone", b"v", 0, 0, 11).unwrap();
+        e.delete(b"gone", 12).unwrap();
+        e.put(b"new", b"v", 0, 0, 30).unwrap();
+        assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20).unwrap(), 2);
+        assert_eq!(stored_version(&mut e, b"old").unwrap(), None);
+        assert_eq!(stored_version(&mut e, b"gone").unwrap(), None);
+        assert_eq!(e.get(b"new").unwrap().map(|i| i.version), Some(30));
+        // An older copy arriving later is accepted again: it is what the copy phase sends.
+        assert_eq!(
+            e.put_if_newer(b"old", b"w", 0, 0, 15).unwrap(),
+            crate::storage::WriteOutcome::Stored
+        );
+    }
+
+    #[test]
+    fn horizon_and_backup_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_horizon(dir.path()), 0);
+        save_horizon(dir.path(), 1234).unwrap();
+        assert_eq!(load_horizon(dir.path()), 1234);
+        assert_eq!(load_last_backup(dir.path()), 0);
+        save_last_backup(dir.path(), 7).unwrap();
+        assert_eq!(load_last_backup(dir.path()), 7);
+        std::fs::write(horizon_path(dir.path()), b"junk").unwrap();
+        assert_eq!(load_horizon(dir.path()), 0);
     }
 
     #[test]
