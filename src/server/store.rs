@@ -110,6 +110,14 @@ fn check_meta(dir: &Path, shards: usize) -> Result<(), String> {
     }
 }
 
+/// The shard count of an existing store (or backup) directory, from its meta file.
+pub fn read_shard_count(dir: &Path) -> Result<usize, String> {
+    let path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{} is not a kumo-server store: {e}", dir.display()))?;
+    parse_meta(&text).ok_or_else(|| format!("{} is not a kumo-server meta file", path.display()))
+}
+
 fn parse_meta(text: &str) -> Option<usize> {
     let count = text.trim().strip_prefix("kumofs-server shards=")?;
     count.parse::<usize>().ok().filter(|&n| n > 0)
