@@ -11,12 +11,9 @@ mod support;
 
 use std::net::SocketAddr;
 
-use std::time::Duration;
-
-use cluster_support::{logs_of, wait, wait_or, FakeManager, ServerProc};
+use cluster_support::{logs_of, wait, wait_adopted, FakeManager, ServerProc};
 use kumofs::cluster::clock::{version_at, wall_ms};
 use kumofs::ring::{key_hash, NodeState};
-use kumofs::rpc::blocking;
 use kumofs::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot, WriteOp};
 use server_support::{value_of, DataClient};
 
@@ -63,15 +60,7 @@ impl Three {
 
     fn adopted(&self, snapshot: &RoutingSnapshot, which: &[usize]) {
         for &i in which {
-            let addr = self.servers[i].addr;
-            let logs = || self.logs();
-            wait_or("the snapshot to be adopted", Duration::from_secs(30), logs, || {
-                // A fresh connection each time: a server that just restarted may still be starting.
-                let stats = blocking::call(addr, &DataRequest::Stats, Duration::from_secs(5));
-                matches!(stats, Ok(DataResponse::Stats(pairs)) if pairs.iter().any(|(k, v)| {
-                    k == "routing_epoch" && v.parse::<u64>().unwrap_or(0) >= snapshot.epoch
-                }))
-            });
+            wait_adopted(self.servers[i].addr, snapshot.epoch, || self.logs());
         }
     }
 

@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster_support::{logs_of, wait_or, FakeManager, ServerProc};
+use cluster_support::{logs_of, wait_adopted, wait_or, FakeManager, ServerProc};
 use kumofs::ring::{key_hash, NodeState};
 use kumofs::rpc::messages::{DataRequest, DataResponse, WriteOp};
 use server_support::{value_of, DataClient};
@@ -51,10 +51,8 @@ impl Setup {
             .iter()
             .map(|s| (s.addr, DataClient::connect(s.addr)))
             .collect();
-        for (_, client) in clients.iter_mut() {
-            wait_or("the snapshot", Duration::from_secs(30), || setup.logs(), || {
-                client.stats()["routing_epoch"].parse::<u64>().unwrap_or(0) >= snapshot.epoch
-            });
+        for s in &setup.servers[..2] {
+            wait_adopted(s.addr, snapshot.epoch, || setup.logs());
         }
         let value = "v".repeat(VALUE);
         for i in 0..KEYS {

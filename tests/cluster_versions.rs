@@ -11,7 +11,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cluster_support::{logs_of, wait, wait_or, FakeManager, PeerConn, ServerProc};
+use cluster_support::{logs_of, wait, wait_adopted, wait_or, FakeManager, PeerConn, ServerProc};
 use kumofs::cluster::clock::{version_at, wall_ms};
 use kumofs::ring::{key_hash, NodeState};
 use kumofs::rpc::messages::{
@@ -43,10 +43,7 @@ fn stat(client: &mut DataClient, key: &str) -> u64 {
 /// Waits until every server routes with `snapshot`.
 fn adopted(servers: &[&ServerProc], snapshot: &RoutingSnapshot) {
     for s in servers {
-        let mut client = DataClient::connect(s.addr);
-        wait("the snapshot to be adopted", || {
-            stat(&mut client, "routing_epoch") >= snapshot.epoch
-        });
+        wait_adopted(s.addr, snapshot.epoch, || logs_of(servers));
     }
 }
 

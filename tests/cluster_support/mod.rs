@@ -17,8 +17,9 @@ use kumofs::cluster::clock::{version_at, wall_ms};
 use kumofs::cluster::membership::{Phase, Rebalance};
 use kumofs::ring::{NodeState, RoutingTable};
 use kumofs::rpc::frame::{encode_frame, FrameDecoder, FrameKind};
+use kumofs::rpc::blocking;
 use kumofs::rpc::messages::{
-    BackupState, ManagerRequest, ManagerResponse, PhaseProgress, ReplicationRequest,
+    BackupState, DataRequest, DataResponse, ManagerRequest, ManagerResponse, PhaseProgress, ReplicationRequest,
     ReplicationResponse, RoutingSnapshot,
 };
 use kumofs::rpc::Hello;
@@ -309,6 +310,23 @@ fn answer(state: &Mutex<FakeState>, request: ManagerRequest) -> ManagerResponse 
         }
         _ => ManagerResponse::Error("not scripted".into()),
     }
+}
+
+/// Waits until the server at `addr` routes with epoch `epoch` or newer. Each poll is a fresh
+/// connection, so a server that is still starting (or resets a connection then) is simply polled
+/// again.
+pub fn wait_adopted(addr: SocketAddr, epoch: u64, logs: impl Fn() -> String) {
+    wait_or(
+        &format!("{addr} to adopt routing epoch {epoch}"),
+        Duration::from_secs(30),
+        logs,
+        || match blocking::call(addr, &DataRequest::Stats, Duration::from_secs(5)) {
+            Ok(DataResponse::Stats(pairs)) => pairs
+                .iter()
+                .any(|(k, v)| k == "routing_epoch" && v.parse::<u64>().unwrap_or(0) >= epoch),
+            _ => false,
+        },
+    );
 }
 
 /// Polls `cond` every 20 ms for up to 30 s.
