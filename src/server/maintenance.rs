@@ -24,8 +24,12 @@ pub(crate) enum ClusterCall {
         snapshot: Box<RoutingSnapshot>,
         progress: Arc<PhaseCounters>,
     },
-    /// Drop every record below this version, then write the index snapshot (rejoin rule).
-    DropBelow(u64),
+    /// Drop the records below `horizon` (of the keys the snapshot newly assigns to this server, or
+    /// of every key when it is `None`), then write the index snapshot (rejoin rule).
+    DropBelow {
+        horizon: u64,
+        only_new: Option<Box<RoutingSnapshot>>,
+    },
     /// Take in a version; answer this shard's newest version and flush version.
     Clock { observe: u64 },
     /// Hide every record older than this version (after taking it in as seen).
@@ -41,7 +45,7 @@ impl ClusterCall {
     pub fn is_long(&self) -> bool {
         matches!(
             self,
-            ClusterCall::Phase { .. } | ClusterCall::DropBelow(_) | ClusterCall::Backup { .. }
+            ClusterCall::Phase { .. } | ClusterCall::DropBelow { .. } | ClusterCall::Backup { .. }
         )
     }
 }
@@ -173,9 +177,9 @@ pub(crate) async fn answer(shard: &Rc<Shard>, call: ClusterCall) -> ClusterAnswe
         ClusterCall::Phase { snapshot, progress } => {
             ClusterAnswer::Done(super::rebalance::run_phase(shard, &snapshot, &progress).await)
         }
-        ClusterCall::DropBelow(horizon) => {
-            ClusterAnswer::Done(super::rebalance::drop_below(shard, horizon).await)
-        }
+        ClusterCall::DropBelow { horizon, only_new } => ClusterAnswer::Done(
+            super::rebalance::drop_below(shard, horizon, only_new.as_deref()).await,
+        ),
         ClusterCall::Clock { observe } => {
             shard.observe_version(observe);
             let now = shard.next_version();

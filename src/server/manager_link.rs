@@ -19,7 +19,10 @@
 //! snapshot is adopted: its live copies elsewhere are authoritative and the copy phase brings them
 //! back. Copies sent under that snapshot wait (`NotReady`) until it is adopted, so nothing copied
 //! is dropped. It also adopts the highest flush version of the live servers (a `flush_all` it
-//! missed). While active, every horizon it sees is persisted.
+//! missed). While active, every horizon it sees is persisted. The same drop, restricted to the
+//! keys a copy phase newly assigns to this server, runs before adopting the snapshot that starts
+//! the copy: what it holds of those keys below the horizon can only be a leftover copy whose
+//! deletes may be collected already.
 //!
 //! # Rebalance phases
 //!
@@ -68,6 +71,8 @@ struct Link {
     adopting: Cell<bool>,
     /// Active in the write table of the snapshot held.
     was_active: Cell<bool>,
+    /// The copy target whose newly assigned keys were cleaned below the horizon.
+    prepared_copy: Cell<Option<u64>>,
     /// The GC horizon last known while active (persisted).
     horizon: Cell<u64>,
     /// The last backup order carried out (persisted), one running, one result to report.
@@ -203,6 +208,7 @@ async fn prepare(shard: &Rc<Shard>, link: &Link, snapshot: &RoutingSnapshot) -> 
     let me = shard.me();
     let active = snapshot.write.state_of(&me) == Some(NodeState::Active);
     let horizon = snapshot.gc_horizon;
+    let mut dropped_all = false;
     if active && !link.was_active.get() {
         let returning = snapshot.read.state_of(&me) != Some(NodeState::Active);
         let known = link.horizon.get();
@@ -211,9 +217,32 @@ async fn prepare(shard: &Rc<Shard>, link: &Link, snapshot: &RoutingSnapshot) -> 
                 "rejoin: the GC horizon advanced from {known} to {horizon} while this server was \
                  away; dropping its records older than that before serving"
             );
-            on_every_shard(shard, || ClusterCall::DropBelow(horizon)).await?;
+            on_every_shard(shard, || ClusterCall::DropBelow {
+                horizon,
+                only_new: None,
+            })
+            .await?;
+            dropped_all = true;
         }
         super::flush::catch_up(shard, snapshot).await?;
+    }
+    // The same rule for the keys a copy phase is about to refill: whatever this server holds of
+    // them below the horizon is a leftover (a copy replicated to it while it dropped what it no
+    // longer owned, say) whose deletes may be collected already; the copy brings the live ones.
+    let copy_target = snapshot
+        .rebalance
+        .as_ref()
+        .filter(|r| r.phase == crate::cluster::membership::Phase::Copying)
+        .map(|r| r.target);
+    if let Some(target) = copy_target {
+        if active && horizon > 0 && !dropped_all && link.prepared_copy.get() != Some(target) {
+            on_every_shard(shard, || ClusterCall::DropBelow {
+                horizon,
+                only_new: Some(Box::new(snapshot.clone())),
+            })
+            .await?;
+        }
+        link.prepared_copy.set(Some(target));
     }
     if active && horizon > link.horizon.get() {
         super::store::save_horizon(&shard.config.store, horizon)

@@ -392,9 +392,16 @@ async fn drop_unowned(
     Ok(())
 }
 
-/// The rejoin rule: drops every record below `horizon` on this shard, chunk by chunk, then writes
-/// the index snapshot so the drop is durable before the server serves again.
-pub(crate) async fn drop_below(shard: &Rc<Shard>, horizon: u64) -> Result<(), String> {
+/// The rejoin rule: drops the records below `horizon` on this shard (of the keys `only_new`
+/// assigns to this server while it is not a live owner under its read table, or of every key),
+/// chunk by chunk, then writes the index snapshot so the drop is durable before the server serves
+/// or receives copies under the new routing.
+pub(crate) async fn drop_below(
+    shard: &Rc<Shard>,
+    horizon: u64,
+    only_new: Option<&RoutingSnapshot>,
+) -> Result<(), String> {
+    let me = shard.me();
     let (records, bytes) = {
         let engine = shard.store.engine();
         (engine.len() as u64, engine.stats().bytes_live)
@@ -406,6 +413,10 @@ pub(crate) async fn drop_below(shard: &Rc<Shard>, horizon: u64) -> Result<(), St
             &mut shard.store.engine(),
             chunk_tags(chunk, chunks),
             horizon,
+            |key| match only_new {
+                Some(snapshot) => is_newly_mine(snapshot, key_hash(key), me),
+                None => true,
+            },
         )
         .map_err(|e| format!("dropping old records on shard {}: {e}", shard.id))?;
         futures_lite::future::yield_now().await;
@@ -415,11 +426,19 @@ pub(crate) async fn drop_below(shard: &Rc<Shard>, horizon: u64) -> Result<(), St
         .write_snapshot()
         .await
         .map_err(|e| format!("snapshot of shard {}: {e}", shard.id))?;
-    crate::info!(
-        "rejoin: shard {} dropped {dropped} records older than the GC horizon {horizon}",
-        shard.id
-    );
+    if dropped > 0 {
+        crate::info!(
+            "rejoin: shard {} dropped {dropped} records older than the GC horizon {horizon}",
+            shard.id
+        );
+    }
     Ok(())
+}
+
+/// Whether `me` is a live owner of `hash` under the write table but not under the read table:
+/// the copy phase will send it the key's current records.
+pub fn is_newly_mine(snapshot: &RoutingSnapshot, hash: u64, me: SocketAddr) -> bool {
+    snapshot.write.assign(hash).contains(&me) && !snapshot.read.assign(hash).contains(&me)
 }
 
 #[cfg(test)]

@@ -227,13 +227,14 @@ pub fn flush_version(engine: &Engine) -> u64 {
     engine.flush_version
 }
 
-/// Visits the header of every record of the index in `tags`, collecting the slots `doomed` says
-/// to drop, then drops them from the index. Returns how many were dropped.
+/// Visits the header and key of every record of the index in `tags` (or of the given segment),
+/// collecting the slots `doomed` says to drop, then drops them from the index. Returns how many
+/// were dropped.
 fn drop_where(
     engine: &mut Engine,
     tags: std::ops::RangeInclusive<u32>,
     only_segment: Option<u32>,
-    mut doomed: impl FnMut(&Header) -> bool,
+    mut doomed: impl FnMut(&Header, &[u8]) -> bool,
 ) -> Result<u64, StorageError> {
     let mut victims = Vec::new();
     let positions: Vec<usize> = match only_segment {
@@ -246,12 +247,16 @@ fn drop_where(
             .collect(),
         None => engine.index.positions_in(tags),
     };
+    let prefix = HEADER_LEN + engine.cfg.max_key_len;
     for pos in positions {
         let slot = engine.index.get(pos);
-        read_slot_prefix(&engine.segments, slot, HEADER_LEN, &mut engine.buf)?;
+        read_slot_prefix(&engine.segments, slot, prefix, &mut engine.buf)?;
         if let Ok(header) = Header::decode(&engine.buf) {
-            if doomed(&header) {
-                victims.push(slot);
+            let key_end = HEADER_LEN + header.key_len as usize;
+            if let Some(key) = engine.buf.get(HEADER_LEN..key_end) {
+                if doomed(&header, key) {
+                    victims.push(slot);
+                }
             }
         }
     }
@@ -280,7 +285,7 @@ pub fn collect_garbage(
     let Some(&oldest) = engine.segments.keys().next() else {
         return Ok(0);
     };
-    let dropped = drop_where(engine, 0..=u32::MAX, Some(oldest), |h| {
+    let dropped = drop_where(engine, 0..=u32::MAX, Some(oldest), |h, _| {
         h.version < flush
             || match h.kind {
                 Kind::Value => h.expiry != 0 && h.expiry <= now,
@@ -295,15 +300,16 @@ pub fn collect_garbage(
     Ok(dropped)
 }
 
-/// Drops every record (value or tombstone) of the keys whose tag lies in `tags` and whose version
-/// is below `horizon`: what a server that rejoins after the horizon advanced must forget (see
-/// `manager_link`). Durable once the index snapshot is written.
+/// Drops every record (value or tombstone) whose version is below `horizon`, among the keys whose
+/// tag lies in `tags` and that `which` selects: what a server must forget of the keys it is about
+/// to be refilled with (see `manager_link`). Durable once the index snapshot is written.
 pub fn drop_below(
     engine: &mut Engine,
     tags: std::ops::RangeInclusive<u32>,
     horizon: u64,
+    mut which: impl FnMut(&[u8]) -> bool,
 ) -> Result<u64, StorageError> {
-    drop_where(engine, tags, None, |h| h.version < horizon)
+    drop_where(engine, tags, None, |h, key| h.version < horizon && which(key))
 }
 
 #[cfg(test)]
@@ -394,7 +400,9 @@ mod tests {
         e.put(b"gone", b"v", 0, 0, 11).unwrap();
         e.delete(b"gone", 12).unwrap();
         e.put(b"new", b"v", 0, 0, 30).unwrap();
-        assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20).unwrap(), 2);
+        assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20, |k| k != b"old").unwrap(), 1);
+        assert_eq!(stored_version(&mut e, b"old").unwrap(), Some(10));
+        assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20, |_| true).unwrap(), 1);
         assert_eq!(stored_version(&mut e, b"old").unwrap(), None);
         assert_eq!(stored_version(&mut e, b"gone").unwrap(), None);
         assert_eq!(e.get(b"new").unwrap().map(|i| i.version), Some(30));

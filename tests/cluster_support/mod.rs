@@ -583,3 +583,270 @@ impl TextClient {
         })
     }
 }
+
+/// A real kumo-manager and gateway (the `support::Cluster` harness) with restartable servers.
+pub struct RealCluster {
+    pub harness: crate::support::Cluster,
+    pub servers: Vec<ServerProc>,
+}
+
+impl RealCluster {
+    /// A manager, `n` attached servers started with `args`, and a gateway.
+    pub fn start(n: usize, args: &[&str]) -> RealCluster {
+        let harness = crate::support::Cluster::start_manager();
+        let mut cluster = RealCluster {
+            harness,
+            servers: Vec::new(),
+        };
+        for _ in 0..n {
+            cluster.add_server(args);
+        }
+        cluster.attach();
+        cluster.harness.start_gateway(&[]);
+        cluster
+    }
+
+    pub fn manager(&self) -> SocketAddr {
+        self.harness.manager_addr
+    }
+
+    pub fn gateway(&self) -> SocketAddr {
+        self.harness.text_addr.expect("gateway")
+    }
+
+    /// Starts one more server and waits until the manager lists it (not attached).
+    pub fn add_server(&mut self, args: &[&str]) -> usize {
+        let name = format!("s{}", self.servers.len() + 1);
+        let server = ServerProc::start(&name, self.harness.dir.path(), self.manager(), args);
+        self.wait_listed(server.addr);
+        self.servers.push(server);
+        self.servers.len() - 1
+    }
+
+    /// Waits until the manager lists `addr` in `kumoctl status`.
+    pub fn wait_listed(&self, addr: SocketAddr) {
+        let manager = self.manager();
+        wait_or(&format!("the manager to list {addr}"), Duration::from_secs(30), || self.logs(), || {
+            crate::support::kumoctl(manager, &["status"]).contains(&format!("  {addr}"))
+        });
+    }
+
+    /// `kumoctl attach`, then waits until every live server is active and the rebalance is over.
+    pub fn attach(&self) {
+        let out = crate::support::kumoctl(self.manager(), &["attach"]);
+        assert!(!out.to_lowercase().contains("error"), "attach: {out}");
+        self.wait_settled();
+    }
+
+    /// Waits until every running server is active in both (equal) tables and no rebalance runs.
+    pub fn wait_settled(&self) {
+        let manager = self.manager();
+        let live: Vec<SocketAddr> = self
+            .servers
+            .iter()
+            .filter(|s| s.daemon.is_some())
+            .map(|s| s.addr)
+            .collect();
+        wait_or("the cluster to settle", Duration::from_secs(90), || self.logs(), || {
+            let snapshot = routing(manager);
+            snapshot.rebalance.is_none()
+                && snapshot.read == snapshot.write
+                && live
+                    .iter()
+                    .all(|a| snapshot.write.state_of(a) == Some(NodeState::Active))
+        });
+    }
+
+    /// Waits until the manager marks server `i` fault and every running server routes with that.
+    pub fn wait_fault(&self, i: usize) {
+        let (manager, addr) = (self.manager(), self.servers[i].addr);
+        wait_or(&format!("{addr} to be marked fault"), Duration::from_secs(30), || self.logs(), || {
+            routing(manager).write.state_of(&addr) == Some(NodeState::Fault)
+        });
+        let epoch = routing(manager).epoch;
+        for s in self.servers.iter().filter(|s| s.daemon.is_some()) {
+            wait_adopted(s.addr, epoch, || self.logs());
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = self.harness.logs();
+        for s in &self.servers {
+            out.push_str(&s.logs());
+        }
+        out
+    }
+
+    /// The servers `kumohash -m MANAGER assign` lists for each key, with whether they are active.
+    pub fn assign(&self, keys: &[String]) -> Vec<Vec<(SocketAddr, bool)>> {
+        let mut args = vec![
+            "-m".to_string(),
+            self.manager().to_string(),
+            "assign".into(),
+            "--json".into(),
+        ];
+        args.extend(keys.iter().cloned());
+        let out = crate::support::run_tool("kumohash", &args);
+        assert!(out.status.success(), "kumohash: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).expect("kumohash json");
+                v["servers"]
+                    .as_array()
+                    .expect("servers")
+                    .iter()
+                    .map(|s| {
+                        let addr = s["server"].as_str().expect("server").parse().expect("addr");
+                        (addr, s["state"] == "active")
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Checks that every key is on each of its active owners with `value_of(key)`.
+    pub fn check_copies(&self, keys: &[String], value_of_key: impl Fn(&str) -> String) {
+        let mut clients: BTreeMap<SocketAddr, crate::server_support::DataClient> = BTreeMap::new();
+        for chunk in keys.chunks(200) {
+            for (key, owners) in chunk.iter().zip(self.assign(chunk)) {
+                let active: Vec<SocketAddr> =
+                    owners.iter().filter(|(_, a)| *a).map(|(s, _)| *s).collect();
+                assert_eq!(active.len(), 3, "{key} has {} active owners: {owners:?}", active.len());
+                for owner in active {
+                    let client = clients
+                        .entry(owner)
+                        .or_insert_with(|| crate::server_support::DataClient::connect(owner));
+                    assert_eq!(
+                        crate::server_support::value_of(&client.get(key)).map(|v| v.0),
+                        Some(value_of_key(key)),
+                        "{key} on {owner}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The manager's routing snapshot.
+pub fn routing(manager: SocketAddr) -> RoutingSnapshot {
+    match blocking::call(
+        manager,
+        &ManagerRequest::GetRouting { known_version: 0 },
+        Duration::from_secs(10),
+    ) {
+        Ok(ManagerResponse::Routing(snapshot)) => snapshot,
+        _ => RoutingSnapshot::empty(),
+    }
+}
+
+/// What a [`Writer`] saw.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    /// Keys whose set was answered STORED, in order.
+    pub acked: Vec<String>,
+    /// Sets or gets answered with an error (or a broken connection).
+    pub errors: Vec<String>,
+    /// Acknowledged keys read back missing or with another value: lost writes.
+    pub lost: Vec<String>,
+    pub reads: u64,
+}
+
+/// A client thread that sets `PREFIX-i` = [`Writer::value`] one after another through the gateway
+/// and reads back an earlier acknowledged key after every write.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<usize>>,
+    handle: Option<std::thread::JoinHandle<WriterReport>>,
+}
+
+impl Writer {
+    pub fn value(key: &str) -> String {
+        format!("value of {key}")
+    }
+
+    pub fn start(gateway: SocketAddr, prefix: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(0));
+        let (st, count, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut report = WriterReport::default();
+            let mut client = TextClient::connect(gateway);
+            let mut i = 0u64;
+            while !st.load(Ordering::SeqCst) {
+                let key = format!("{prefix}-{i}");
+                i += 1;
+                match client.set(&key, &Writer::value(&key)) {
+                    Ok(line) if line == "STORED" => {
+                        report.acked.push(key);
+                        *count.lock().expect("lock") = report.acked.len();
+                    }
+                    Ok(line) => report.errors.push(format!("set {key}: {line}")),
+                    Err(e) => {
+                        report.errors.push(format!("set {key}: {e}"));
+                        client = TextClient::connect(gateway);
+                    }
+                }
+                // Read back an earlier acknowledged key (a different one each time).
+                if let Some(old) = report.acked.get((i as usize * 7919) % report.acked.len().max(1)) {
+                    let old = old.clone();
+                    report.reads += 1;
+                    match client.gets(&old) {
+                        Ok(Text::Value { value, .. }) if value == Writer::value(&old) => {}
+                        Ok(Text::Value { value, .. }) => {
+                            report.lost.push(format!("{old} read back as {value:?}"))
+                        }
+                        Ok(Text::Missing) => report.lost.push(format!("{old} missing")),
+                        Ok(Text::Line(line)) => report.errors.push(format!("get {old}: {line}")),
+                        Err(e) => {
+                            report.errors.push(format!("get {old}: {e}"));
+                            client = TextClient::connect(gateway);
+                        }
+                    }
+                }
+            }
+            report
+        });
+        Writer {
+            stop,
+            acked,
+            handle: Some(handle),
+        }
+    }
+
+    /// Acknowledged sets so far.
+    pub fn acked(&self) -> usize {
+        *self.acked.lock().expect("lock")
+    }
+
+    /// Waits until `n` more sets were acknowledged (or `limit` passes).
+    pub fn wait_more(&self, n: usize, limit: Duration) {
+        let target = self.acked() + n;
+        let start = Instant::now();
+        while self.acked() < target && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn finish(mut self) -> WriterReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("writer thread")
+    }
+}
+
+/// Reads every key of `keys` through the gateway; returns the ones missing or wrong.
+pub fn read_all(gateway: SocketAddr, keys: &[String], value_of_key: impl Fn(&str) -> String) -> Vec<String> {
+    let mut client = TextClient::connect(gateway);
+    let mut bad = Vec::new();
+    for key in keys {
+        match client.gets(key) {
+            Ok(Text::Value { value, .. }) if value == value_of_key(key) => {}
+            other => bad.push(format!("{key}: {other:?}")),
+        }
+    }
+    bad
+}
