@@ -34,12 +34,20 @@ fn backup(fake: &FakeManager, servers: &[ServerProc], id: u64, suffix: &str) -> 
         })
     });
     let logs = || logs_of(&servers.iter().collect::<Vec<_>>());
-    wait_or("every server's BackupDone", Duration::from_secs(60), logs, || {
-        let state = fake.state.lock().expect("lock");
-        servers
-            .iter()
-            .all(|s| state.backup_done.iter().any(|(a, i, _)| *a == s.addr && *i == id))
-    });
+    wait_or(
+        "every server's BackupDone",
+        Duration::from_secs(60),
+        logs,
+        || {
+            let state = fake.state.lock().expect("lock");
+            servers.iter().all(|s| {
+                state
+                    .backup_done
+                    .iter()
+                    .any(|(a, i, _)| *a == s.addr && *i == id)
+            })
+        },
+    );
     let state = fake.state.lock().expect("lock");
     servers
         .iter()
@@ -84,15 +92,20 @@ fn backup_merge_and_restore_round_trip() {
     for s in &servers {
         fake.wait_registered(s.addr);
     }
-    let nodes: Vec<(SocketAddr, NodeState)> =
-        servers.iter().map(|s| (s.addr, NodeState::Active)).collect();
+    let nodes: Vec<(SocketAddr, NodeState)> = servers
+        .iter()
+        .map(|s| (s.addr, NodeState::Active))
+        .collect();
     let snapshot = fake.settle(&nodes);
     for s in &servers {
         wait_adopted(s.addr, snapshot.epoch, String::new);
     }
     for i in 0..200 {
         let key = format!("b{i}");
-        assert!(matches!(write(&snapshot, &key, WriteOp::Set, "old"), DataResponse::Stored { .. }));
+        assert!(matches!(
+            write(&snapshot, &key, WriteOp::Set, "old"),
+            DataResponse::Stored { .. }
+        ));
     }
     let first = backup(&fake, &servers, 1, "first");
     for (path, s) in first.iter().zip(&servers) {
@@ -107,7 +120,10 @@ fn backup_merge_and_restore_round_trip() {
         ));
     }
     for i in 50..100 {
-        assert_eq!(write(&snapshot, &format!("b{i}"), WriteOp::Delete, ""), DataResponse::Deleted);
+        assert_eq!(
+            write(&snapshot, &format!("b{i}"), WriteOp::Delete, ""),
+            DataResponse::Deleted
+        );
     }
     let second = backup(&fake, &servers, 2, "second");
 
@@ -148,7 +164,12 @@ fn backup_merge_and_restore_round_trip() {
     let mut a = servers.into_iter().next().expect("a");
     a.restart();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!a.logs().split("(start 2)").nth(1).unwrap_or("").contains("backup 2: starting"));
+    assert!(!a
+        .logs()
+        .split("(start 2)")
+        .nth(1)
+        .unwrap_or("")
+        .contains("backup 2: starting"));
 }
 
 #[test]
@@ -160,10 +181,16 @@ fn kumomergedb_rejects_bad_arguments() {
     let missing = dir.path().join("missing");
     let out = run_tool(
         "kumomergedb",
-        &[dir.path().join("dst").display().to_string(), missing.display().to_string()],
+        &[
+            dir.path().join("dst").display().to_string(),
+            missing.display().to_string(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a kumo-server store"));
-    let out = run_tool("kumomergedb", &["--shards".into(), "0".into(), "a".into(), "b".into()]);
+    let out = run_tool(
+        "kumomergedb",
+        &["--shards".into(), "0".into(), "a".into(), "b".into()],
+    );
     assert_eq!(out.status.code(), Some(1));
 }

@@ -31,10 +31,24 @@ fn every_acknowledged_set_survives_two_kills_and_three_copies_come_back() {
     cluster.wait_fault(1);
     writer.wait_more(200, Duration::from_secs(30));
     let report = writer.finish();
-    assert!(report.lost.is_empty(), "lost writes: {:?}\n{}", report.lost, cluster.logs());
-    assert!(report.acked.len() >= 600, "only {} sets acknowledged", report.acked.len());
+    assert!(
+        report.lost.is_empty(),
+        "lost writes: {:?}\n{}",
+        report.lost,
+        cluster.logs()
+    );
+    assert!(
+        report.acked.len() >= 600,
+        "only {} sets acknowledged",
+        report.acked.len()
+    );
     let bad = read_all(cluster.gateway(), &report.acked, Writer::value);
-    assert!(bad.is_empty(), "{} acknowledged keys unreadable: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} acknowledged keys unreadable: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
 
     // Both come back on their old stores; attach recovers them and the copy refills them.
     cluster.servers[1].restart();
@@ -42,7 +56,9 @@ fn every_acknowledged_set_survives_two_kills_and_three_copies_come_back() {
     cluster.attach();
     cluster.check_copies(&report.acked, Writer::value);
     for s in &cluster.servers {
-        let items: usize = DataClient::connect(s.addr).stats()["items"].parse().unwrap_or(0);
+        let items: usize = DataClient::connect(s.addr).stats()["items"]
+            .parse()
+            .unwrap_or(0);
         assert_eq!(items, report.acked.len(), "{} holds {items} keys", s.name);
     }
 }
@@ -52,7 +68,10 @@ fn a_cas_token_survives_the_loss_of_the_coordinator() {
     let mut cluster = RealCluster::start(3, ARGS);
     let mut client = TextClient::connect(cluster.gateway());
     assert_eq!(client.set("cas-key", "one").expect("set"), "STORED");
-    let Text::Value { cas: Some(token), .. } = client.gets("cas-key").expect("gets") else {
+    let Text::Value {
+        cas: Some(token), ..
+    } = client.gets("cas-key").expect("gets")
+    else {
         panic!("no value")
     };
     let owners = cluster.assign(&["cas-key".to_string()]).remove(0);
@@ -64,9 +83,21 @@ fn a_cas_token_survives_the_loss_of_the_coordinator() {
     cluster.servers[coordinator].kill();
     cluster.wait_fault(coordinator);
     // The replicas hold the same version: the token still names the current value.
-    assert_eq!(client.cas("cas-key", "two", token).expect("cas"), "STORED", "{}", cluster.logs());
-    assert_eq!(client.cas("cas-key", "three", token).expect("cas"), "EXISTS");
-    let Text::Value { value, cas: Some(newer) } = client.gets("cas-key").expect("gets") else {
+    assert_eq!(
+        client.cas("cas-key", "two", token).expect("cas"),
+        "STORED",
+        "{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        client.cas("cas-key", "three", token).expect("cas"),
+        "EXISTS"
+    );
+    let Text::Value {
+        value,
+        cas: Some(newer),
+    } = client.gets("cas-key").expect("gets")
+    else {
         panic!("no value")
     };
     assert_eq!(value, "two");
@@ -90,11 +121,90 @@ fn keys_deleted_while_a_server_was_down_do_not_come_back() {
     cluster.attach();
     let mut returned = DataClient::connect(cluster.servers[2].addr);
     for key in &keys[..100] {
-        assert_eq!(client.gets(key).expect("gets"), Text::Missing, "{key} came back");
-        assert_eq!(value_of(&returned.get(key)), None, "{key} came back on the restarted server");
+        assert_eq!(
+            client.gets(key).expect("gets"),
+            Text::Missing,
+            "{key} came back"
+        );
+        assert_eq!(
+            value_of(&returned.get(key)),
+            None,
+            "{key} came back on the restarted server"
+        );
     }
     assert!(read_all(cluster.gateway(), &keys[100..], Writer::value).is_empty());
     cluster.check_copies(&keys[100..], Writer::value);
+}
+
+/// The rejoin rule with the real manager: a server detached while the GC horizon passed the
+/// deletes it missed (their tombstones are collected everywhere) comes back with its old data,
+/// is attached, and brings none of those keys back.
+/// Waits on the manager side: needs a manager that advances `gc_horizon` (`--gc-lag`); skipped
+/// (with a message) against one that does not.
+#[test]
+fn a_server_detached_while_the_horizon_passed_its_missed_deletes_brings_nothing_back() {
+    if !cluster_support::manager_supports("--gc-lag") {
+        eprintln!(
+            "skipped: waits on the manager side (a manager that advances gc_horizon, --gc-lag)"
+        );
+        return;
+    }
+    let args = ["--cpus", "0-1", "--gc-interval", "0.2", "-gX", "0"];
+    let mut cluster = RealCluster::start_with(3, &args, &["--gc-lag", "3"]);
+    let mut client = TextClient::connect(cluster.gateway());
+    let keys: Vec<String> = (0..100).map(|i| format!("horizon-{i}")).collect();
+    for key in &keys {
+        assert_eq!(client.set(key, &Writer::value(key)).expect("set"), "STORED");
+    }
+    cluster.servers[2].kill();
+    cluster.wait_fault(2);
+    for key in &keys[..50] {
+        assert_eq!(client.delete(key).expect("delete"), "DELETED");
+    }
+    let deleted_by = kumofs::cluster::clock::version_at(kumofs::cluster::clock::wall_ms());
+    let out = support::kumoctl(cluster.manager(), &["detach"]);
+    assert!(!out.to_lowercase().contains("error"), "detach: {out}");
+    let manager = cluster.manager();
+    let gone = cluster.servers[2].addr;
+    cluster_support::wait_or(
+        "the horizon to pass the deletes",
+        Duration::from_secs(60),
+        || cluster.logs(),
+        || {
+            let snapshot = cluster_support::routing(manager);
+            snapshot.write.state_of(&gone).is_none() && snapshot.gc_horizon > deleted_by
+        },
+    );
+    for s in &cluster.servers[..2] {
+        let mut stats = DataClient::connect(s.addr);
+        cluster_support::wait_or(
+            "the tombstones to be collected",
+            Duration::from_secs(30),
+            || cluster.logs(),
+            || stats.stats()["tombstones"] == "0",
+        );
+    }
+    cluster.servers[2].restart();
+    cluster.wait_listed(gone);
+    cluster.attach();
+    assert!(cluster.servers[2]
+        .logs()
+        .contains("rejoin: the GC horizon advanced"));
+    let mut returned = DataClient::connect(gone);
+    for key in &keys[..50] {
+        assert_eq!(
+            client.gets(key).expect("gets"),
+            Text::Missing,
+            "{key} came back"
+        );
+        assert_eq!(
+            value_of(&returned.get(key)),
+            None,
+            "{key} came back on the returned server"
+        );
+    }
+    assert!(read_all(cluster.gateway(), &keys[50..], Writer::value).is_empty());
+    cluster.check_copies(&keys[50..], Writer::value);
 }
 
 /// make test-heavy: many rounds of kill -9 and recovery under load, one or two servers at a time.
@@ -133,7 +243,12 @@ fn heavy_many_kill_and_recover_rounds_lose_nothing() {
     let report = writer.finish();
     assert!(report.lost.is_empty(), "lost writes: {:?}", report.lost);
     let bad = read_all(cluster.gateway(), &report.acked, Writer::value);
-    assert!(bad.is_empty(), "{} acknowledged keys unreadable: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} acknowledged keys unreadable: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
     cluster.check_copies(&report.acked, Writer::value);
     eprintln!(
         "{rounds} rounds: {} sets acknowledged, {} errors, {} reads",

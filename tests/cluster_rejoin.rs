@@ -50,7 +50,16 @@ impl Three {
         self.servers
             .iter()
             .zip(active)
-            .map(|(s, a)| (s.addr, if a { NodeState::Active } else { NodeState::Fault }))
+            .map(|(s, a)| {
+                (
+                    s.addr,
+                    if a {
+                        NodeState::Active
+                    } else {
+                        NodeState::Fault
+                    },
+                )
+            })
             .collect()
     }
 
@@ -65,7 +74,13 @@ impl Three {
     }
 
     /// Writes through the key's coordinator under `snapshot`.
-    fn write(&self, snapshot: &RoutingSnapshot, key: &str, op: WriteOp, value: &str) -> DataResponse {
+    fn write(
+        &self,
+        snapshot: &RoutingSnapshot,
+        key: &str,
+        op: WriteOp,
+        value: &str,
+    ) -> DataResponse {
         let coordinator = snapshot
             .write
             .coordinator(key_hash(key.as_bytes()))
@@ -84,7 +99,14 @@ fn keys(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 
 /// Fills the cluster, takes `c` away, deletes and rewrites keys meanwhile; returns the snapshot.
 fn change_while_c_is_away(three: &mut Three) -> RoutingSnapshot {
-    let snapshot = three.fake.state.lock().expect("lock").snapshot.clone().expect("snapshot");
+    let snapshot = three
+        .fake
+        .state
+        .lock()
+        .expect("lock")
+        .snapshot
+        .clone()
+        .expect("snapshot");
     for key in keys("k", 0..40) {
         assert!(matches!(
             three.write(&snapshot, &key, WriteOp::Set, "v1"),
@@ -95,7 +117,10 @@ fn change_while_c_is_away(three: &mut Three) -> RoutingSnapshot {
     let snapshot = three.fake.settle(&three.states([true, true, false]));
     three.adopted(&snapshot, &[0, 1]);
     for key in keys("k", 0..10) {
-        assert_eq!(three.write(&snapshot, &key, WriteOp::Delete, ""), DataResponse::Deleted);
+        assert_eq!(
+            three.write(&snapshot, &key, WriteOp::Delete, ""),
+            DataResponse::Deleted
+        );
     }
     for key in keys("k", 10..20) {
         assert!(matches!(
@@ -117,7 +142,12 @@ fn check_everything(three: &Three) {
     for i in 0..3 {
         let name = &three.servers[i].name;
         for key in keys("k", 0..10) {
-            assert_eq!(three.get(i, &key), None, "{key} came back on {name}\n{}", three.logs());
+            assert_eq!(
+                three.get(i, &key),
+                None,
+                "{key} came back on {name}\n{}",
+                three.logs()
+            );
         }
         for key in keys("k", 10..20) {
             assert_eq!(three.get(i, &key).as_deref(), Some("v2"), "{key} on {name}");
@@ -126,7 +156,11 @@ fn check_everything(three: &Three) {
             assert_eq!(three.get(i, &key).as_deref(), Some("v1"), "{key} on {name}");
         }
         for key in keys("n", 0..10) {
-            assert_eq!(three.get(i, &key).as_deref(), Some("new"), "{key} on {name}");
+            assert_eq!(
+                three.get(i, &key).as_deref(),
+                Some("new"),
+                "{key} on {name}"
+            );
         }
     }
 }
@@ -139,10 +173,14 @@ fn a_recovered_server_gets_every_newer_version_and_tombstone_from_the_copy_phase
     three.fake.wait_registered(three.servers[2].addr);
     // `attach`: c is active for writes at once, reads stay on a and b until the copy is done.
     let logs = || three.logs();
-    three.fake.rebalance(&three.states([true, true, true]), logs);
+    three
+        .fake
+        .rebalance(&three.states([true, true, true]), logs);
     check_everything(&three);
     // The horizon never moved: nothing was dropped on rejoin, the tombstones did the work.
-    assert!(!three.servers[2].logs().contains("rejoin: the GC horizon advanced"));
+    assert!(!three.servers[2]
+        .logs()
+        .contains("rejoin: the GC horizon advanced"));
 }
 
 #[test]
@@ -166,9 +204,13 @@ fn a_server_detached_while_the_horizon_advanced_drops_its_old_records_on_rejoin(
     three.servers[2].restart();
     three.fake.wait_registered(three.servers[2].addr);
     let logs = || three.logs();
-    three.fake.rebalance(&three.states([true, true, true]), logs);
+    three
+        .fake
+        .rebalance(&three.states([true, true, true]), logs);
     check_everything(&three);
-    assert!(three.servers[2].logs().contains("rejoin: the GC horizon advanced"));
+    assert!(three.servers[2]
+        .logs()
+        .contains("rejoin: the GC horizon advanced"));
     let saved = std::fs::read_to_string(three.servers[2].store.join("kumo-server.horizon"))
         .expect("horizon file");
     assert_eq!(saved.trim(), horizon.to_string());
@@ -177,7 +219,14 @@ fn a_server_detached_while_the_horizon_advanced_drops_its_old_records_on_rejoin(
 #[test]
 fn a_server_down_during_flush_all_adopts_the_flush_when_it_returns() {
     let mut three = Three::start();
-    let snapshot = three.fake.state.lock().expect("lock").snapshot.clone().expect("snapshot");
+    let snapshot = three
+        .fake
+        .state
+        .lock()
+        .expect("lock")
+        .snapshot
+        .clone()
+        .expect("snapshot");
     for key in keys("f", 0..20) {
         assert!(matches!(
             three.write(&snapshot, &key, WriteOp::Set, "before"),
@@ -188,7 +237,10 @@ fn a_server_down_during_flush_all_adopts_the_flush_when_it_returns() {
     let snapshot = three.fake.settle(&three.states([true, true, false]));
     three.adopted(&snapshot, &[0, 1]);
     let mut a = DataClient::connect(three.servers[0].addr);
-    assert_eq!(a.call(&DataRequest::FlushAll { delay: 0 }), DataResponse::Flushed);
+    assert_eq!(
+        a.call(&DataRequest::FlushAll { delay: 0 }),
+        DataResponse::Flushed
+    );
     for i in 0..2 {
         assert_eq!(three.get(i, "f0"), None);
     }
@@ -198,12 +250,17 @@ fn a_server_down_during_flush_all_adopts_the_flush_when_it_returns() {
     ));
     let flush = a.stats()["flush_version"].clone();
     assert_ne!(flush, "0");
-    assert_eq!(DataClient::connect(three.servers[1].addr).stats()["flush_version"], flush);
+    assert_eq!(
+        DataClient::connect(three.servers[1].addr).stats()["flush_version"],
+        flush
+    );
 
     three.servers[2].restart();
     three.fake.wait_registered(three.servers[2].addr);
     let logs = || three.logs();
-    three.fake.rebalance(&three.states([true, true, true]), logs);
+    three
+        .fake
+        .rebalance(&three.states([true, true, true]), logs);
     let mut c = DataClient::connect(three.servers[2].addr);
     assert_eq!(c.stats()["flush_version"], flush);
     for key in keys("f", 0..20) {
@@ -212,9 +269,19 @@ fn a_server_down_during_flush_all_adopts_the_flush_when_it_returns() {
     assert_eq!(three.get(2, "after").as_deref(), Some("x"));
     // And a flush survives a restart.
     three.servers[0].restart();
-    let current = three.fake.state.lock().expect("lock").snapshot.clone().expect("snapshot");
+    let current = three
+        .fake
+        .state
+        .lock()
+        .expect("lock")
+        .snapshot
+        .clone()
+        .expect("snapshot");
     three.adopted(&current, &[0]);
     assert_eq!(three.get(0, "after").as_deref(), Some("x"));
-    assert_eq!(DataClient::connect(three.servers[0].addr).stats()["flush_version"], flush);
+    assert_eq!(
+        DataClient::connect(three.servers[0].addr).stats()["flush_version"],
+        flush
+    );
     assert_eq!(three.get(0, "f1"), None);
 }

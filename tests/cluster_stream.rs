@@ -59,7 +59,11 @@ impl Setup {
             let key = format!("stream-{i}");
             let hash = key_hash(key.as_bytes());
             let coordinator = snapshot.write.coordinator(hash).expect("owner");
-            let client = &mut clients.iter_mut().find(|(a, _)| *a == coordinator).expect("client").1;
+            let client = &mut clients
+                .iter_mut()
+                .find(|(a, _)| *a == coordinator)
+                .expect("client")
+                .1;
             let request = DataRequest::Write {
                 hash,
                 key: key.into_bytes(),
@@ -72,9 +76,12 @@ impl Setup {
             assert!(matches!(client.call(&request), DataResponse::Stored { .. }));
         }
         for (_, client) in clients.iter_mut() {
-            wait_or("every key on both servers", Duration::from_secs(30), || setup.logs(), || {
-                client.stats()["items"] == KEYS.to_string()
-            });
+            wait_or(
+                "every key on both servers",
+                Duration::from_secs(30),
+                || setup.logs(),
+                || client.stats()["items"] == KEYS.to_string(),
+            );
         }
         setup
     }
@@ -123,30 +130,45 @@ impl Setup {
 #[test]
 fn a_paced_copy_waits_for_the_receiver_survives_a_freeze_and_reports_progress() {
     let setup = Setup::start();
-    let (a, b, c) = (setup.servers[0].addr, setup.servers[1].addr, setup.servers[2].addr);
+    let (a, b, c) = (
+        setup.servers[0].addr,
+        setup.servers[1].addr,
+        setup.servers[2].addr,
+    );
     // c does not get the new routing yet: copies to it must wait, not be lost.
     setup.fake.hold(c, true);
     let started = Instant::now();
     let target = setup.fake.start_copy(&setup.nodes(3), false);
-    wait_or("progress reports", Duration::from_secs(30), || setup.logs(), || {
-        [a, b].iter().all(|s| {
-            setup
-                .fake
-                .progress_of(*s)
-                .iter()
-                .any(|p| p.target == target && p.total == KEYS as u64)
-        })
-    });
+    wait_or(
+        "progress reports",
+        Duration::from_secs(30),
+        || setup.logs(),
+        || {
+            [a, b].iter().all(|s| {
+                setup
+                    .fake
+                    .progress_of(*s)
+                    .iter()
+                    .any(|p| p.target == target && p.total == KEYS as u64)
+            })
+        },
+    );
     std::thread::sleep(Duration::from_millis(800));
     for s in [a, b] {
         let last = setup.fake.progress_of(s).last().cloned().expect("progress");
-        assert_eq!(last.sent, 0, "{s} sent copies before the receiver adopted the routing");
+        assert_eq!(
+            last.sent, 0,
+            "{s} sent copies before the receiver adopted the routing"
+        );
     }
     setup.fake.hold(c, false);
     // Frozen mid-copy: the senders retry until it answers again.
-    wait_or("the copy to start", Duration::from_secs(30), || setup.logs(), || {
-        setup.stat(2, "copy_received") > 0
-    });
+    wait_or(
+        "the copy to start",
+        Duration::from_secs(30),
+        || setup.logs(),
+        || setup.stat(2, "copy_received") > 0,
+    );
     setup.servers[2].freeze();
     std::thread::sleep(Duration::from_millis(1500));
     setup.servers[2].thaw();
@@ -167,7 +189,9 @@ fn a_paced_copy_waits_for_the_receiver_survives_a_freeze_and_reports_progress() 
     // Progress went up during the copy, not only at the end.
     let reports = setup.fake.progress_of(a);
     assert!(
-        reports.iter().any(|p| p.target == target && p.sent > 0 && p.done < p.total),
+        reports
+            .iter()
+            .any(|p| p.target == target && p.sent > 0 && p.done < p.total),
         "no progress report mid-copy: {reports:?}"
     );
     setup.finish_and_check(target);
@@ -178,9 +202,12 @@ fn a_restarted_phase_and_a_killed_receiver_lose_nothing() {
     let mut setup = Setup::start();
     let a = setup.servers[0].addr;
     let first = setup.fake.start_copy(&setup.nodes(3), false);
-    wait_or("the copy to start", Duration::from_secs(30), || setup.logs(), || {
-        setup.stat(2, "copy_received") > 0
-    });
+    wait_or(
+        "the copy to start",
+        Duration::from_secs(30),
+        || setup.logs(),
+        || setup.stat(2, "copy_received") > 0,
+    );
     // The receiver dies and comes back on its store; the manager restarts the copy phase.
     setup.servers[2].kill();
     setup.servers[2].restart();

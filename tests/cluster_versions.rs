@@ -20,7 +20,12 @@ use kumofs::rpc::messages::{
 };
 use server_support::{value_of, DataClient};
 
-fn start_servers(fake: &FakeManager, dir: &std::path::Path, n: usize, extra: &[&str]) -> Vec<ServerProc> {
+fn start_servers(
+    fake: &FakeManager,
+    dir: &std::path::Path,
+    n: usize,
+    extra: &[&str],
+) -> Vec<ServerProc> {
     let mut args = vec!["--cpus", "0-1"];
     args.extend_from_slice(extra);
     let servers: Vec<ServerProc> = (0..n)
@@ -33,7 +38,10 @@ fn start_servers(fake: &FakeManager, dir: &std::path::Path, n: usize, extra: &[&
 }
 
 fn all_active(servers: &[ServerProc]) -> Vec<(SocketAddr, NodeState)> {
-    servers.iter().map(|s| (s.addr, NodeState::Active)).collect()
+    servers
+        .iter()
+        .map(|s| (s.addr, NodeState::Active))
+        .collect()
 }
 
 fn stat(client: &mut DataClient, key: &str) -> u64 {
@@ -75,14 +83,26 @@ fn a_write_is_stamped_above_a_stored_version_from_a_clock_a_day_ahead() {
             let answer = PeerConn::open(s.addr, None).call(&ReplicationRequest::Replicate {
                 records: vec![record(key, "from the future", future, tombstone)],
             });
-            assert_eq!(answer, ReplicationResponse::Ack { applied: 1, stale: 0 });
+            assert_eq!(
+                answer,
+                ReplicationResponse::Ack {
+                    applied: 1,
+                    stale: 0
+                }
+            );
         }
-        let coordinator = snapshot.write.coordinator(key_hash(key.as_bytes())).expect("owner");
+        let coordinator = snapshot
+            .write
+            .coordinator(key_hash(key.as_bytes()))
+            .expect("owner");
         let mut client = DataClient::connect(coordinator);
         let DataResponse::Stored { version } = client.set(key, "now") else {
             panic!("set {key} failed\n{}", logs())
         };
-        assert!(version > future, "{key}: version {version:#x} is not above {future:#x}");
+        assert!(
+            version > future,
+            "{key}: version {version:#x} is not above {future:#x}"
+        );
         for s in &servers {
             assert_eq!(
                 value_of(&DataClient::connect(s.addr).get(key)),
@@ -133,29 +153,54 @@ fn a_frozen_replica_gets_missed_writes_from_the_backlog_until_it_is_marked_fault
         noreply: true,
     };
     assert!(matches!(client.call(&noreply), DataResponse::Stored { .. }));
-    wait("both writes in the backlog", || stat(&mut client, "repl_backlog") == 2);
+    wait("both writes in the backlog", || {
+        stat(&mut client, "repl_backlog") == 2
+    });
     let mut on_c = DataClient::connect(c.addr);
-    assert_eq!(value_of(&on_c.get(&keys[0])).map(|v| v.0), Some("sync".into()));
+    assert_eq!(
+        value_of(&on_c.get(&keys[0])).map(|v| v.0),
+        Some("sync".into())
+    );
     b.thaw();
     let mut on_b = DataClient::connect(b.addr);
-    wait_or("the backlog to reach b", Duration::from_secs(30), logs, || {
-        value_of(&on_b.get(&keys[0])).map(|v| v.0) == Some("sync".into())
-            && value_of(&on_b.get(&keys[1])).map(|v| v.0) == Some("noreply".into())
+    wait_or(
+        "the backlog to reach b",
+        Duration::from_secs(30),
+        logs,
+        || {
+            value_of(&on_b.get(&keys[0])).map(|v| v.0) == Some("sync".into())
+                && value_of(&on_b.get(&keys[1])).map(|v| v.0) == Some("noreply".into())
+        },
+    );
+    wait("an empty backlog", || {
+        stat(&mut client, "repl_backlog") == 0
     });
-    wait("an empty backlog", || stat(&mut client, "repl_backlog") == 0);
 
     // Frozen again, then marked fault: the backlog for it is dropped and writes go on without it.
     b.freeze();
-    assert!(matches!(client.set(&keys[2], "missed"), DataResponse::Error(_)));
+    assert!(matches!(
+        client.set(&keys[2], "missed"),
+        DataResponse::Error(_)
+    ));
     assert_eq!(stat(&mut client, "repl_backlog"), 1);
-    let states = [(a.addr, NodeState::Active), (b.addr, NodeState::Fault), (c.addr, NodeState::Active)];
+    let states = [
+        (a.addr, NodeState::Active),
+        (b.addr, NodeState::Fault),
+        (c.addr, NodeState::Active),
+    ];
     let snapshot = fake.settle(&states);
     adopted(&[a, c], &snapshot);
     wait("the backlog of the fault replica to be dropped", || {
         stat(&mut client, "repl_backlog") == 0 && stat(&mut client, "repl_backlog_dropped") == 1
     });
-    assert!(matches!(client.set(&keys[3], "two copies"), DataResponse::Stored { .. }));
-    assert_eq!(value_of(&on_c.get(&keys[3])).map(|v| v.0), Some("two copies".into()));
+    assert!(matches!(
+        client.set(&keys[3], "two copies"),
+        DataResponse::Stored { .. }
+    ));
+    assert_eq!(
+        value_of(&on_c.get(&keys[3])).map(|v| v.0),
+        Some("two copies".into())
+    );
     b.thaw();
 }
 
@@ -169,7 +214,10 @@ fn tombstones_are_collected_only_below_the_gc_horizon() {
     let mut client = DataClient::connect(servers[0].addr);
     for key in ["old-1", "old-2"] {
         assert!(matches!(client.set(key, "v"), DataResponse::Stored { .. }));
-        assert_eq!(client.write(key, WriteOp::Delete, "", 0, 0), DataResponse::Deleted);
+        assert_eq!(
+            client.write(key, WriteOp::Delete, "", 0, 0),
+            DataResponse::Deleted
+        );
     }
     assert_eq!(stat(&mut client, "tombstones"), 2);
     // Horizon 0: garbage collection runs every 0.1 s and must keep them.
@@ -178,13 +226,23 @@ fn tombstones_are_collected_only_below_the_gc_horizon() {
     assert_eq!(stat(&mut client, "gc_dropped"), 0);
 
     let horizon = version_at(wall_ms());
-    assert!(matches!(client.set("new", "v"), DataResponse::Stored { .. }));
-    assert_eq!(client.write("new", WriteOp::Delete, "", 0, 0), DataResponse::Deleted);
+    assert!(matches!(
+        client.set("new", "v"),
+        DataResponse::Stored { .. }
+    ));
+    assert_eq!(
+        client.write("new", WriteOp::Delete, "", 0, 0),
+        DataResponse::Deleted
+    );
     let snapshot = fake.set_horizon(horizon);
     adopted(&servers.iter().collect::<Vec<_>>(), &snapshot);
     wait("the old tombstones to be collected", || {
         stat(&mut client, "tombstones") == 1 && stat(&mut client, "gc_dropped") == 2
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(stat(&mut client, "tombstones"), 1, "a tombstone above the horizon was collected");
+    assert_eq!(
+        stat(&mut client, "tombstones"),
+        1,
+        "a tombstone above the horizon was collected"
+    );
 }

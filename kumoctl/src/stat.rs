@@ -155,7 +155,10 @@ mod tests {
             ("items", "7"),
             ("hscheck", "true"),
             ("replstat", "ready"),
-            ("whs_version", &((1_228_310_155_000u64 << 16) | 3).to_string()),
+            (
+                "whs_version",
+                &((1_228_310_155_000u64 << 16) | 3).to_string(),
+            ),
             ("whs_nodes", "127.0.0.1:1=active,127.0.0.1:2=fault"),
         ]
         .into_iter()

@@ -39,8 +39,18 @@ pub fn frame(title: &str, samples: &[Sample<'_>], elapsed: Duration, width: usiz
     out.push('\n');
     let mut header = format!(
         "{:<22} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6} {:<9}",
-        "address", "#Get", "#Set", "#Del", "Get/s", "Set/s", "Del/s", "QPS", "items", "time",
-        "clock", "status"
+        "address",
+        "#Get",
+        "#Set",
+        "#Del",
+        "Get/s",
+        "Set/s",
+        "Del/s",
+        "QPS",
+        "items",
+        "time",
+        "clock",
+        "status"
     );
     if wide {
         header.push_str(&format!(
@@ -80,7 +90,7 @@ pub fn frame(title: &str, samples: &[Sample<'_>], elapsed: Duration, width: usiz
             show_rate(del),
             show_rate(qps),
             num(stats, "items"),
-            time % 100_000,
+            time,
             clock,
             stats.get("replstat").map_or("?", String::as_str),
         );
@@ -137,7 +147,20 @@ mod tests {
         assert_eq!(lines[0], "kumotop   2 servers");
         assert!(lines[1].starts_with("address") && lines[1].ends_with("status"));
         let cols: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(&cols[..9], ["127.0.0.1:19801", "300", "60", "0", "100", "25", "0", "125", "12"]);
+        assert_eq!(
+            &cols[..9],
+            [
+                "127.0.0.1:19801",
+                "300",
+                "60",
+                "0",
+                "100",
+                "25",
+                "0",
+                "125",
+                "12"
+            ]
+        );
         assert_eq!(cols.last(), Some(&"ready"));
         assert!(lines[3].contains("unreachable: connection refused"));
         let wide = frame("kumotop", &samples[..1], Duration::from_secs(2), 140);

@@ -152,11 +152,15 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
     let tombstone_min_age: u32 = parsed.parse_or("garbage-max-time", 3600).map_err(|e| e.0)?;
     let copy_rate_mib: f64 = parsed.parse_or("copy-rate", 32.0).map_err(|e| e.0)?;
     if !(0.0..=1e6).contains(&copy_rate_mib) {
-        return Err(format!("--copy-rate {copy_rate_mib} must be between 0 and 1000000 MiB/s"));
+        return Err(format!(
+            "--copy-rate {copy_rate_mib} must be between 0 and 1000000 MiB/s"
+        ));
     }
     let gc_secs: f64 = parsed.parse_or("gc-interval", 60.0).map_err(|e| e.0)?;
     if !(0.05..=86_400.0).contains(&gc_secs) {
-        return Err(format!("--gc-interval {gc_secs} must be between 0.05 and 86400 seconds"));
+        return Err(format!(
+            "--gc-interval {gc_secs} must be between 0.05 and 86400 seconds"
+        ));
     }
     Ok(ServerConfig {
         listen,

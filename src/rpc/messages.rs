@@ -147,10 +147,15 @@ pub enum ReplicationResponse {
     },
     Error(String),
     /// A `Copy` arrived before the receiver adopted the sender's routing (it has `epoch`).
-    NotReady { epoch: u64 },
+    NotReady {
+        epoch: u64,
+    },
     /// The receiver's newest version over all its shards (after observing the request's) and its
     /// highest flush version.
-    Clock { now: u64, flush: u64 },
+    Clock {
+        now: u64,
+        flush: u64,
+    },
     Flushed,
 }
 

@@ -216,7 +216,9 @@ async fn drain(shard: Rc<Shard>) {
         let mut next_wake = now + BACKOFF_MAX;
         let mut sent_any = false;
         for peer in peers {
-            let (at, backoff) = *retry.entry(peer).or_insert((now + BACKOFF_MIN, BACKOFF_MIN));
+            let (at, backoff) = *retry
+                .entry(peer)
+                .or_insert((now + BACKOFF_MIN, BACKOFF_MIN));
             if at > now {
                 next_wake = next_wake.min(at);
                 continue;

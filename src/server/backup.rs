@@ -93,7 +93,11 @@ async fn write_backup(shard: &Rc<Shard>, order: &BackupOrder) -> Result<(PathBuf
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
     // Writes the meta file (shard count) the way a server's own store has it.
-    drop(super::store::open_store(&tmp, shard.count, Durability::None)?);
+    drop(super::store::open_store(
+        &tmp,
+        shard.count,
+        Durability::None,
+    )?);
     let mut records = 0;
     for answer in on_every_shard(shard, || ClusterCall::Backup { dir: tmp.clone() }).await? {
         if let ClusterAnswer::Records(Ok(n)) = answer {
@@ -182,10 +186,7 @@ mod tests {
             backup_dir(Path::new("/var/kumo/db1"), "20261130"),
             PathBuf::from("/var/kumo/db1-20261130")
         );
-        assert_eq!(
-            backup_dir(Path::new("db"), "x"),
-            PathBuf::from("db-x")
-        );
+        assert_eq!(backup_dir(Path::new("db"), "x"), PathBuf::from("db-x"));
     }
 
     #[test]

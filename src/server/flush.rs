@@ -25,7 +25,9 @@ use std::time::Duration;
 use super::maintenance::{on_every_shard, ClusterCall};
 use super::shard::Shard;
 use crate::ring::NodeState;
-use crate::rpc::messages::{DataResponse, ReplicationRequest, ReplicationResponse, RoutingSnapshot};
+use crate::rpc::messages::{
+    DataResponse, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
+};
 use crate::runtime;
 
 /// Limit of one round trip to a peer during a flush.
@@ -109,10 +111,16 @@ async fn cluster_flush(shard: &Rc<Shard>) -> Result<(), String> {
         }
     }
     if failed.is_empty() {
-        crate::info!("flush_all: flushed below version {version} on {} servers", peers.len() + 1);
+        crate::info!(
+            "flush_all: flushed below version {version} on {} servers",
+            peers.len() + 1
+        );
         Ok(())
     } else {
-        Err(format!("flush_all reached only some servers: {}", failed.join("; ")))
+        Err(format!(
+            "flush_all reached only some servers: {}",
+            failed.join("; ")
+        ))
     }
 }
 
@@ -135,7 +143,13 @@ pub(crate) async fn catch_up(shard: &Rc<Shard>, routing: &RoutingSnapshot) -> Re
     let mut newest = mine_now;
     let mut flush = mine_flush;
     let mut answered = 0;
-    for answer in ask_peers(shard, &peers, &ReplicationRequest::Clock { observe: mine_now }).await {
+    for answer in ask_peers(
+        shard,
+        &peers,
+        &ReplicationRequest::Clock { observe: mine_now },
+    )
+    .await
+    {
         if let Ok(ReplicationResponse::Clock { now, flush: f }) = answer {
             answered += 1;
             newest = newest.max(now);

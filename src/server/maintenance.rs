@@ -52,7 +52,10 @@ impl ClusterCall {
 
 pub(crate) enum ClusterAnswer {
     Done(Result<(), String>),
-    Clock { now: u64, flush: u64 },
+    Clock {
+        now: u64,
+        flush: u64,
+    },
     /// Records written (backup).
     Records(Result<u64, String>),
     Status(ShardStatus),
@@ -229,7 +232,9 @@ pub(crate) fn replstat(shard: &Shard) -> ReplStat {
     match (shard.cluster.phase.get(), &routing.rebalance) {
         (ReplStatPhase::Copying, _) => ReplStat::Copying,
         (ReplStatPhase::Dropping, _) => ReplStat::Deleting,
-        (ReplStatPhase::CopyDone, Some(r)) if r.phase == crate::cluster::membership::Phase::Copying => {
+        (ReplStatPhase::CopyDone, Some(r))
+            if r.phase == crate::cluster::membership::Phase::Copying =>
+        {
             ReplStat::Wait
         }
         _ => ReplStat::Ready,
@@ -287,10 +292,7 @@ pub(crate) async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
                 && routing.write.nodes() == routing.read.nodes())
             .to_string(),
         ),
-        (
-            "replstat",
-            replstat.unwrap_or_default().name().to_string(),
-        ),
+        ("replstat", replstat.unwrap_or_default().name().to_string()),
         ("rebalance", rebalance),
         ("gc_horizon", routing.gc_horizon.to_string()),
         ("flush_version", total.flush_version.to_string()),

@@ -147,12 +147,7 @@ async fn keepalive_loop(
     let stop = shard.ctx.shutdown_signal();
     let mut reachable = true;
     while !stop.is_fired() {
-        let progress = shard
-            .cluster
-            .progress
-            .borrow()
-            .as_ref()
-            .map(|p| p.report());
+        let progress = shard.cluster.progress.borrow().as_ref().map(|p| p.report());
         let keepalive = ManagerRequest::KeepAlive {
             addr: shard.me(),
             stream_port: shard.config.stream_port,
@@ -163,9 +158,17 @@ async fn keepalive_loop(
         match client.call(&keepalive).await {
             Ok(ManagerResponse::Routing(snapshot)) => {
                 reachable = true;
-                if adopt(&shard, &link, snapshot).await {
-                    // Full means a wake-up is pending already.
-                    let _ = wake.try_send(());
+                // Adopting may take a while (the rejoin drop walks the store): it runs on its own
+                // so that keepalives go on meanwhile (the manager would judge us down otherwise).
+                if snapshot.epoch > shard.routing().epoch && !link.adopting.replace(true) {
+                    let (shard, link, wake) = (shard.clone(), link.clone(), wake.clone());
+                    runtime::spawn(async move {
+                        if adopt(&shard, &link, snapshot).await {
+                            // Full means a wake-up is pending already.
+                            let _ = wake.try_send(());
+                        }
+                        link.adopting.set(false);
+                    });
                 }
             }
             Ok(ManagerResponse::Error(e)) => {
@@ -184,12 +187,13 @@ async fn keepalive_loop(
 }
 
 /// Adopts a newer snapshot (after the rejoin work it calls for); false if it was not adopted.
+/// The caller holds `link.adopting`, so only one adoption runs at a time; a snapshot that arrives
+/// meanwhile is offered again by the next keepalive answer.
 async fn adopt(shard: &Rc<Shard>, link: &Link, snapshot: RoutingSnapshot) -> bool {
-    if snapshot.epoch <= shard.routing().epoch || link.adopting.replace(true) {
-        // Not newer, or the other manager's loop is adopting: the next keepalive tries again.
+    if snapshot.epoch <= shard.routing().epoch {
         return false;
     }
-    let adopted = match prepare(shard, link, &snapshot).await {
+    match prepare(shard, link, &snapshot).await {
         Ok(()) => adopt_everywhere(shard, snapshot).await,
         Err(e) => {
             crate::warn!(
@@ -198,9 +202,7 @@ async fn adopt(shard: &Rc<Shard>, link: &Link, snapshot: RoutingSnapshot) -> boo
             );
             false
         }
-    };
-    link.adopting.set(false);
-    adopted
+    }
 }
 
 /// The rejoin rule of the module doc, and the persisted horizon.

@@ -22,9 +22,10 @@
 //! - Progress: records scanned, the total at the start, and records sent are counted into
 //!   [`PhaseCounters`] shared with the keepalive loop, which reports them to the managers.
 //!
-//! In the `Dropping` phase reads follow the new table; each shard removes the keys this server is not
-//! assigned under the current tables, chunk by chunk, then writes its index snapshot so the drop
-//! survives a restart.
+//! In the `Dropping` phase reads follow the new table; each shard waits two keepalive intervals (so
+//! that every server routes with the new snapshot and stops replicating to old owners), then
+//! removes the keys this server is not assigned under the current tables, chunk by chunk, and
+//! writes its index snapshot so the drop survives a restart.
 //!
 //! Shard 0 runs a phase on all shards and reports `PhaseDone` (see [`super::manager_link`]).
 //!
@@ -51,6 +52,9 @@ const BATCH_BYTES: usize = 1 << 20;
 const RECORDS_PER_CHUNK: u64 = 256;
 /// ... and about this many bytes, so one chunk's copies fit in memory.
 const BYTES_PER_CHUNK: u64 = 4 << 20;
+/// How long the drop phase waits before it starts (see `drop_unowned`).
+const DROP_DELAY: Duration =
+    Duration::from_millis(2 * super::manager_link::KEEPALIVE_INTERVAL.as_millis() as u64);
 /// Longest pause between two tries of a failed batch.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -185,8 +189,8 @@ impl Throttle {
         if self.bytes_per_sec == 0 {
             return Duration::ZERO;
         }
-        self.next = self.next.max(now)
-            + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        self.next =
+            self.next.max(now) + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
         self.next.saturating_duration_since(now)
     }
 
@@ -236,7 +240,10 @@ async fn copy(
             cursor.chunks
         );
     }
-    let rate = shard.config.copy_rate / shard.count.max(1) as u64;
+    let rate = match shard.config.copy_rate {
+        0 => 0,
+        total => (total / shard.count.max(1) as u64).max(1),
+    };
     let mut throttle = Throttle::new(rate);
     while cursor.next < cursor.chunks {
         if !still_running(shard, target, Phase::Copying) {
@@ -354,6 +361,10 @@ async fn drop_unowned(
         return Ok(());
     }
     let target = progress.target;
+    // Servers still routing with the copy phase's snapshot replicate writes to the old owners too;
+    // give them the time to adopt the new one (they poll every keepalive interval), so that few
+    // such writes land here after the drop and stay behind as leftovers.
+    runtime::sleep(DROP_DELAY).await;
     let (records, bytes) = {
         let engine = shard.store.engine();
         (engine.len() as u64, engine.stats().bytes_live)

@@ -309,7 +309,9 @@ pub fn drop_below(
     horizon: u64,
     mut which: impl FnMut(&[u8]) -> bool,
 ) -> Result<u64, StorageError> {
-    drop_where(engine, tags, None, |h, key| h.version < horizon && which(key))
+    drop_where(engine, tags, None, |h, key| {
+        h.version < horizon && which(key)
+    })
 }
 
 #[cfg(test)]
@@ -400,7 +402,10 @@ mod tests {
         e.put(b"gone", b"v", 0, 0, 11).unwrap();
         e.delete(b"gone", 12).unwrap();
         e.put(b"new", b"v", 0, 0, 30).unwrap();
-        assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20, |k| k != b"old").unwrap(), 1);
+        assert_eq!(
+            drop_below(&mut e, 0..=u32::MAX, 20, |k| k != b"old").unwrap(),
+            1
+        );
         assert_eq!(stored_version(&mut e, b"old").unwrap(), Some(10));
         assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20, |_| true).unwrap(), 1);
         assert_eq!(stored_version(&mut e, b"old").unwrap(), None);

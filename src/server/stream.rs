@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::shard::{Shard, ShardMsg, REPLICATION_PEER};
-use crate::rpc::messages::{ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot};
+use crate::rpc::messages::{
+    ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
+};
 use crate::rpc::read_hello;
 use crate::runtime::{self, HandedOffStream, Listener, TcpStream};
 

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use kumofs::cluster::clock::{version_at, wall_ms};
 use kumofs::cluster::membership::{Phase, Rebalance};
 use kumofs::ring::{NodeState, RoutingTable};
-use kumofs::rpc::frame::{encode_frame, FrameDecoder, FrameKind};
 use kumofs::rpc::blocking;
+use kumofs::rpc::frame::{encode_frame, FrameDecoder, FrameKind};
 use kumofs::rpc::messages::{
-    BackupState, DataRequest, DataResponse, ManagerRequest, ManagerResponse, PhaseProgress, ReplicationRequest,
-    ReplicationResponse, RoutingSnapshot,
+    BackupState, DataRequest, DataResponse, ManagerRequest, ManagerResponse, PhaseProgress,
+    ReplicationRequest, ReplicationResponse, RoutingSnapshot,
 };
 use kumofs::rpc::Hello;
 use kumofs::server::shard::REPLICATION_PEER;
@@ -91,7 +91,11 @@ impl FakeManager {
     /// Waits until `server` sent a keepalive.
     pub fn wait_registered(&self, server: SocketAddr) {
         wait("a keepalive", || {
-            self.state.lock().expect("lock").servers.contains_key(&server)
+            self.state
+                .lock()
+                .expect("lock")
+                .servers
+                .contains_key(&server)
         });
     }
 
@@ -107,11 +111,7 @@ impl FakeManager {
         build(&mut snapshot);
         snapshot.epoch = self.version();
         let mut state = self.state.lock().expect("lock");
-        snapshot.shards = state
-            .servers
-            .iter()
-            .map(|(a, s)| (*a, s.shards))
-            .collect();
+        snapshot.shards = state.servers.iter().map(|(a, s)| (*a, s.shards)).collect();
         snapshot.stream_ports = state
             .servers
             .iter()
@@ -266,7 +266,11 @@ fn serve(mut conn: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<AtomicBool
         match conn.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => decoder.push(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -335,7 +339,12 @@ pub fn wait(what: &str, cond: impl FnMut() -> bool) {
 }
 
 /// Polls `cond` every 20 ms for up to `limit`; on timeout panics with `logs()`.
-pub fn wait_or(what: &str, limit: Duration, logs: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+pub fn wait_or(
+    what: &str,
+    limit: Duration,
+    logs: impl Fn() -> String,
+    mut cond: impl FnMut() -> bool,
+) {
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > limit {
@@ -551,7 +560,10 @@ impl TextClient {
     }
 
     pub fn cas(&mut self, key: &str, value: &str, cas: u64) -> std::io::Result<String> {
-        self.command(&format!("cas {key} 0 0 {} {cas}\r\n{value}\r\n", value.len()))
+        self.command(&format!(
+            "cas {key} 0 0 {} {cas}\r\n{value}\r\n",
+            value.len()
+        ))
     }
 
     pub fn flush_all(&mut self) -> std::io::Result<String> {
@@ -584,40 +596,77 @@ impl TextClient {
     }
 }
 
-/// A real kumo-manager and gateway (the `support::Cluster` harness) with restartable servers.
+/// A real kumo-manager and gateway with restartable servers, all on loopback.
 pub struct RealCluster {
-    pub harness: crate::support::Cluster,
+    pub dir: tempfile::TempDir,
+    pub manager_addr: SocketAddr,
+    pub manager: Daemon,
+    pub gateway_addr: Option<SocketAddr>,
+    pub gateway: Option<Daemon>,
     pub servers: Vec<ServerProc>,
 }
 
 impl RealCluster {
     /// A manager, `n` attached servers started with `args`, and a gateway.
     pub fn start(n: usize, args: &[&str]) -> RealCluster {
-        let harness = crate::support::Cluster::start_manager();
+        RealCluster::start_with(n, args, &[])
+    }
+
+    /// Like [`RealCluster::start`], with more options for the manager.
+    pub fn start_with(n: usize, args: &[&str], manager_args: &[&str]) -> RealCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut margs: Vec<String> = vec!["-v".into(), "-l".into(), manager_addr.to_string()];
+        margs.extend(["-Ys", "0.5"].iter().map(|s| s.to_string()));
+        if manager_supports("--state-dir") {
+            margs.extend(["-s".to_string(), dir.path().display().to_string()]);
+        }
+        margs.extend(manager_args.iter().map(|s| s.to_string()));
+        let manager = Daemon::spawn("manager", &bin("kumo-manager"), &margs, dir.path());
+        wait_for_port(manager_addr);
         let mut cluster = RealCluster {
-            harness,
+            dir,
+            manager_addr,
+            manager,
+            gateway_addr: None,
+            gateway: None,
             servers: Vec::new(),
         };
         for _ in 0..n {
             cluster.add_server(args);
         }
         cluster.attach();
-        cluster.harness.start_gateway(&[]);
+        let gateway_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let gargs: Vec<String> = vec![
+            "-v".into(),
+            "-m".into(),
+            manager_addr.to_string(),
+            "-t".into(),
+            gateway_addr.to_string(),
+        ];
+        cluster.gateway = Some(Daemon::spawn(
+            "gateway",
+            &bin("kumo-gateway"),
+            &gargs,
+            cluster.dir.path(),
+        ));
+        wait_for_port(gateway_addr);
+        cluster.gateway_addr = Some(gateway_addr);
         cluster
     }
 
     pub fn manager(&self) -> SocketAddr {
-        self.harness.manager_addr
+        self.manager_addr
     }
 
     pub fn gateway(&self) -> SocketAddr {
-        self.harness.text_addr.expect("gateway")
+        self.gateway_addr.expect("gateway")
     }
 
     /// Starts one more server and waits until the manager lists it (not attached).
     pub fn add_server(&mut self, args: &[&str]) -> usize {
         let name = format!("s{}", self.servers.len() + 1);
-        let server = ServerProc::start(&name, self.harness.dir.path(), self.manager(), args);
+        let server = ServerProc::start(&name, self.dir.path(), self.manager(), args);
         self.wait_listed(server.addr);
         self.servers.push(server);
         self.servers.len() - 1
@@ -626,9 +675,12 @@ impl RealCluster {
     /// Waits until the manager lists `addr` in `kumoctl status`.
     pub fn wait_listed(&self, addr: SocketAddr) {
         let manager = self.manager();
-        wait_or(&format!("the manager to list {addr}"), Duration::from_secs(30), || self.logs(), || {
-            crate::support::kumoctl(manager, &["status"]).contains(&format!("  {addr}"))
-        });
+        wait_or(
+            &format!("the manager to list {addr}"),
+            Duration::from_secs(30),
+            || self.logs(),
+            || crate::support::kumoctl(manager, &["status"]).contains(&format!("  {addr}")),
+        );
     }
 
     /// `kumoctl attach`, then waits until every live server is active and the rebalance is over.
@@ -647,22 +699,30 @@ impl RealCluster {
             .filter(|s| s.daemon.is_some())
             .map(|s| s.addr)
             .collect();
-        wait_or("the cluster to settle", Duration::from_secs(90), || self.logs(), || {
-            let snapshot = routing(manager);
-            snapshot.rebalance.is_none()
-                && snapshot.read == snapshot.write
-                && live
-                    .iter()
-                    .all(|a| snapshot.write.state_of(a) == Some(NodeState::Active))
-        });
+        wait_or(
+            "the cluster to settle",
+            Duration::from_secs(90),
+            || self.logs(),
+            || {
+                let snapshot = routing(manager);
+                snapshot.rebalance.is_none()
+                    && snapshot.read == snapshot.write
+                    && live
+                        .iter()
+                        .all(|a| snapshot.write.state_of(a) == Some(NodeState::Active))
+            },
+        );
     }
 
     /// Waits until the manager marks server `i` fault and every running server routes with that.
     pub fn wait_fault(&self, i: usize) {
         let (manager, addr) = (self.manager(), self.servers[i].addr);
-        wait_or(&format!("{addr} to be marked fault"), Duration::from_secs(30), || self.logs(), || {
-            routing(manager).write.state_of(&addr) == Some(NodeState::Fault)
-        });
+        wait_or(
+            &format!("{addr} to be marked fault"),
+            Duration::from_secs(30),
+            || self.logs(),
+            || routing(manager).write.state_of(&addr) == Some(NodeState::Fault),
+        );
         let epoch = routing(manager).epoch;
         for s in self.servers.iter().filter(|s| s.daemon.is_some()) {
             wait_adopted(s.addr, epoch, || self.logs());
@@ -670,7 +730,10 @@ impl RealCluster {
     }
 
     pub fn logs(&self) -> String {
-        let mut out = self.harness.logs();
+        let mut out = format!("--- manager\n{}", self.manager.log_text());
+        if let Some(g) = &self.gateway {
+            out.push_str(&format!("--- gateway\n{}", g.log_text()));
+        }
         for s in &self.servers {
             out.push_str(&s.logs());
         }
@@ -687,7 +750,11 @@ impl RealCluster {
         ];
         args.extend(keys.iter().cloned());
         let out = crate::support::run_tool("kumohash", &args);
-        assert!(out.status.success(), "kumohash: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kumohash: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|line| {
@@ -712,7 +779,12 @@ impl RealCluster {
             for (key, owners) in chunk.iter().zip(self.assign(chunk)) {
                 let active: Vec<SocketAddr> =
                     owners.iter().filter(|(_, a)| *a).map(|(s, _)| *s).collect();
-                assert_eq!(active.len(), 3, "{key} has {} active owners: {owners:?}", active.len());
+                assert_eq!(
+                    active.len(),
+                    3,
+                    "{key} has {} active owners: {owners:?}",
+                    active.len()
+                );
                 for owner in active {
                     let client = clients
                         .entry(owner)
@@ -726,6 +798,22 @@ impl RealCluster {
             }
         }
     }
+}
+
+/// Whether `kumo-manager --help` lists `option` (features of the manager side that tests need).
+pub fn manager_supports(option: &str) -> bool {
+    std::process::Command::new(bin("kumo-manager"))
+        .arg("--help")
+        .output()
+        .map(|out| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.contains(option)
+        })
+        .unwrap_or(false)
 }
 
 /// The manager's routing snapshot.
@@ -788,7 +876,10 @@ impl Writer {
                     }
                 }
                 // Read back an earlier acknowledged key (a different one each time).
-                if let Some(old) = report.acked.get((i as usize * 7919) % report.acked.len().max(1)) {
+                if let Some(old) = report
+                    .acked
+                    .get((i as usize * 7919) % report.acked.len().max(1))
+                {
                     let old = old.clone();
                     report.reads += 1;
                     match client.gets(&old) {
@@ -839,7 +930,11 @@ impl Writer {
 }
 
 /// Reads every key of `keys` through the gateway; returns the ones missing or wrong.
-pub fn read_all(gateway: SocketAddr, keys: &[String], value_of_key: impl Fn(&str) -> String) -> Vec<String> {
+pub fn read_all(
+    gateway: SocketAddr,
+    keys: &[String],
+    value_of_key: impl Fn(&str) -> String,
+) -> Vec<String> {
     let mut client = TextClient::connect(gateway);
     let mut bad = Vec::new();
     for key in keys {

@@ -60,7 +60,10 @@ fn main() {
 fn merge(dst: &Path, sources: &[PathBuf], shards: Option<usize>) -> Result<(u64, u64), String> {
     for source in sources {
         if source == dst {
-            return Err(format!("{} is both the destination and a source", dst.display()));
+            return Err(format!(
+                "{} is both the destination and a source",
+                dst.display()
+            ));
         }
     }
     let shards = match shards {
@@ -110,12 +113,9 @@ fn merge(dst: &Path, sources: &[PathBuf], shards: Option<usize>) -> Result<(u64,
         }
     }
     for (shard, engine) in out.iter_mut().enumerate() {
-        engine.write_snapshot().map_err(|e| {
-            format!(
-                "syncing {}: {e}",
-                store::shard_dir(dst, shard).display()
-            )
-        })?;
+        engine
+            .write_snapshot()
+            .map_err(|e| format!("syncing {}: {e}", store::shard_dir(dst, shard).display()))?;
     }
     Ok((merged, total))
 }

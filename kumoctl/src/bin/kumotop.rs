@@ -65,9 +65,9 @@ fn main() {
     }
     let source = if args.first().is_some_and(|a| a == "-m") {
         match args.as_slice() {
-            [_, manager] => Source::Manager(
-                cli::parse_peer_addr(manager, 19700).unwrap_or_else(|e| die(&e.0)),
-            ),
+            [_, manager] => {
+                Source::Manager(cli::parse_peer_addr(manager, 19700).unwrap_or_else(|e| die(&e.0)))
+            }
             _ => die("-m takes exactly one manager address"),
         }
     } else {
@@ -129,7 +129,13 @@ fn print_once(source: &Source, interval: Duration) {
     let second = sample(&servers);
     print!(
         "{}",
-        render(&servers, &second, &first, started.elapsed(), terminal_width())
+        render(
+            &servers,
+            &second,
+            &first,
+            started.elapsed(),
+            terminal_width()
+        )
     );
 }
 
