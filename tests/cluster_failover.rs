@@ -207,6 +207,45 @@ fn a_server_detached_while_the_horizon_passed_its_missed_deletes_brings_nothing_
     cluster.check_copies(&keys[50..], Writer::value);
 }
 
+#[test]
+fn flush_all_empties_every_server_and_survives_a_restart() {
+    let mut cluster = RealCluster::start(3, ARGS);
+    let mut client = TextClient::connect(cluster.gateway());
+    let keys: Vec<String> = (0..50).map(|i| format!("flushed-{i}")).collect();
+    for key in &keys {
+        assert_eq!(client.set(key, "before").expect("set"), "STORED");
+    }
+    assert_eq!(client.flush_all().expect("flush_all"), "OK");
+    assert_eq!(client.set("after", "kept").expect("set"), "STORED");
+    let check = |cluster: &RealCluster| {
+        for s in &cluster.servers {
+            let mut server = DataClient::connect(s.addr);
+            for key in &keys {
+                assert_eq!(value_of(&server.get(key)), None, "{key} on {}", s.name);
+            }
+            assert_eq!(
+                value_of(&server.get("after")).map(|v| v.0),
+                Some("kept".into())
+            );
+        }
+    };
+    check(&cluster);
+    let flush: Vec<String> = cluster
+        .servers
+        .iter()
+        .map(|s| DataClient::connect(s.addr).stats()["flush_version"].clone())
+        .collect();
+    assert!(
+        flush.iter().all(|f| *f == flush[0] && f != "0"),
+        "{flush:?}"
+    );
+    cluster.servers[1].kill();
+    cluster.servers[1].restart();
+    let epoch = cluster_support::routing(cluster.manager()).epoch;
+    cluster_support::wait_adopted(cluster.servers[1].addr, epoch, || cluster.logs());
+    check(&cluster);
+}
+
 /// make test-heavy: many rounds of kill -9 and recovery under load, one or two servers at a time.
 #[test]
 fn heavy_many_kill_and_recover_rounds_lose_nothing() {

@@ -8,9 +8,12 @@
 //! the snapshot epoch this server routes with, so the gateway refreshes its table and retries.
 //!
 //! A write is stamped with a fresh version of the shard's hybrid logical clock (the CAS token),
-//! applied to the engine by [`apply_write`] (a pure mapping of [`WriteOp`] onto the engine, unit
-//! tested below), made durable per the `--durability` policy, then replicated (see
-//! [`super::replication`]) before the answer leaves; `noreply` writes answer after the local write.
+//! above the key's stored version whatever clock stamped that one (so a clock running behind
+//! never makes a newer write lose), applied to the engine by [`apply_write`] (a pure mapping of
+//! [`WriteOp`] onto the engine, unit tested below), made durable per the `--durability` policy,
+//! then replicated (see [`super::replication`]) before the answer leaves; `noreply` writes answer
+//! after the local write. A write whose replicas include one with a full replication backlog is
+//! refused before anything is written (see [`super::backlog`]).
 
 use std::rc::Rc;
 

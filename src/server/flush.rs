@@ -32,6 +32,8 @@ use crate::runtime;
 
 /// Limit of one round trip to a peer during a flush.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
+/// Limit of the catch-up question of a joining server (which waits for it before it serves).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 
 /// `flush_all [delay]` received from a gateway.
 pub(crate) async fn flush_all(shard: &Rc<Shard>, delay: u32) -> DataResponse {
@@ -62,11 +64,12 @@ pub(crate) fn live_peers(routing: &RoutingSnapshot, me: SocketAddr) -> Vec<Socke
     peers
 }
 
-/// One request to shard 0 of each peer; the answers in the order of `peers`.
+/// One request to shard 0 of each peer, each within `limit`; the answers in the order of `peers`.
 pub(crate) async fn ask_peers(
     shard: &Rc<Shard>,
     peers: &[SocketAddr],
     request: &ReplicationRequest,
+    limit: Duration,
 ) -> Vec<Result<ReplicationResponse, String>> {
     let calls = peers
         .iter()
@@ -74,7 +77,7 @@ pub(crate) async fn ask_peers(
             let client = shard.peers.get(shard.me(), peer, 0);
             async move {
                 client
-                    .call_with_timeout(request, CALL_LIMIT)
+                    .call_with_timeout(request, limit)
                     .await
                     .map_err(|e| format!("{peer}: {e}"))
             }
@@ -89,10 +92,15 @@ async fn cluster_flush(shard: &Rc<Shard>) -> Result<(), String> {
     let peers = live_peers(&routing, shard.me());
     let observe = shard.next_version();
     let (mut version, _) = super::maintenance::clock_of_all_shards(shard, observe).await?;
-    for (peer, answer) in peers
-        .iter()
-        .zip(ask_peers(shard, &peers, &ReplicationRequest::Clock { observe }).await)
-    {
+    for (peer, answer) in peers.iter().zip(
+        ask_peers(
+            shard,
+            &peers,
+            &ReplicationRequest::Clock { observe },
+            CALL_LIMIT,
+        )
+        .await,
+    ) {
         match answer? {
             ReplicationResponse::Clock { now, .. } => version = version.max(now),
             other => return Err(format!("{peer} answered the flush clock with {other:?}")),
@@ -100,10 +108,15 @@ async fn cluster_flush(shard: &Rc<Shard>) -> Result<(), String> {
     }
     flush_every_shard(shard, version).await?;
     let mut failed = Vec::new();
-    for (peer, answer) in peers
-        .iter()
-        .zip(ask_peers(shard, &peers, &ReplicationRequest::Flush { version }).await)
-    {
+    for (peer, answer) in peers.iter().zip(
+        ask_peers(
+            shard,
+            &peers,
+            &ReplicationRequest::Flush { version },
+            CALL_LIMIT,
+        )
+        .await,
+    ) {
         match answer {
             Ok(ReplicationResponse::Flushed) => {}
             Ok(other) => failed.push(format!("{peer}: {other:?}")),
@@ -143,13 +156,8 @@ pub(crate) async fn catch_up(shard: &Rc<Shard>, routing: &RoutingSnapshot) -> Re
     let mut newest = mine_now;
     let mut flush = mine_flush;
     let mut answered = 0;
-    for answer in ask_peers(
-        shard,
-        &peers,
-        &ReplicationRequest::Clock { observe: mine_now },
-    )
-    .await
-    {
+    let question = ReplicationRequest::Clock { observe: mine_now };
+    for answer in ask_peers(shard, &peers, &question, CATCH_UP_LIMIT).await {
         if let Ok(ReplicationResponse::Clock { now, flush: f }) = answer {
             answered += 1;
             newest = newest.max(now);
