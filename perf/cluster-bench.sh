@@ -15,6 +15,7 @@
 #    the paced copy (--copy-rate, default 32 MiB/s per server) leaves to clients.
 #
 # usage: perf/cluster-bench.sh [--time SECS] [--runs N] [--keys N] [--no-build] [--out FILE]
+#                              [--keep (keep logs and data)] [--skip-writes (part 2 only)]
 # env:   SERVER_CPU (0), LOADGEN_CPU (1), COPY_RATE (MiB/s per server, default: the server's)
 set -euo pipefail
 
@@ -26,6 +27,8 @@ KEYS=1000000
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 BUILD=1
+KEEP=0
+SKIP_WRITES=0
 OUT="perf/results/cluster-$(date -u +%Y-%m-%d).md"
 COMMAND="$0 $*"
 while [ $# -gt 0 ]; do
@@ -34,6 +37,8 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift 2 ;;
         --keys) KEYS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --keep) KEEP=1; shift ;;
+        --skip-writes) SKIP_WRITES=1; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -46,7 +51,7 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    if [ "$KEEP" = 1 ]; then echo "logs and data kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap "exit 130" INT TERM
@@ -107,9 +112,12 @@ MC_PID=$!
 PIDS+=("$MC_PID")
 wait_port "$MC_PORT" "$MC_PID" 10 || { echo "memcached did not come up" >&2; exit 1; }
 TARGET=memcached
-log "memcached: set-only pipeline 16"
-MC_TEXT=$(best "$MC_PORT" text)
-MC_BIN=$(best "$MC_PORT" binary)
+MC_TEXT=0; MC_BIN=0; KF_TEXT=0; KF_BIN=0
+if [ "$SKIP_WRITES" = 0 ]; then
+    log "memcached: set-only pipeline 16"
+    MC_TEXT=$(best "$MC_PORT" text)
+    MC_BIN=$(best "$MC_PORT" binary)
+fi
 kill "$MC_PID" 2>/dev/null || true
 
 # ---- kumofs: manager, 3 servers, gateway, all on SERVER_CPU
@@ -120,7 +128,7 @@ if "$REL/kumo-manager" --help 2>&1 | grep -q -- --state-dir; then
     mkdir -p "$WORK/manager"
     MGR_ARGS=(-s "$WORK/manager")
 fi
-taskset -c "$SERVER_CPU" "$REL/kumo-manager" -l "$MGR" "${MGR_ARGS[@]}" >"$WORK/manager.log" 2>&1 &
+taskset -c "$SERVER_CPU" "$REL/kumo-manager" -v -l "$MGR" "${MGR_ARGS[@]}" >"$WORK/manager.log" 2>&1 &
 PIDS+=($!)
 wait_port "${MGR##*:}" $! 10 || { echo "manager did not come up" >&2; exit 1; }
 SERVERS=()
@@ -129,25 +137,26 @@ start_server() { # N
     free_port; port=$PORT; free_port; stream=$PORT
     local extra=()
     [ -n "${COPY_RATE:-}" ] && extra=(--copy-rate "$COPY_RATE")
-    taskset -c "$SERVER_CPU" "$REL/kumo-server" -l "127.0.0.1:$port" -L "$stream" -m "$MGR" \
+    taskset -c "$SERVER_CPU" "$REL/kumo-server" -v -l "127.0.0.1:$port" -L "$stream" -m "$MGR" \
         -s "$WORK/server$1" --cpus "$SERVER_CPU" "${extra[@]}" >"$WORK/server$1.log" 2>&1 &
     PIDS+=($!)
     wait_port "$port" $! 10 || { echo "server $1 did not come up" >&2; exit 1; }
     SERVERS+=("127.0.0.1:$port")
 }
-# attached N: true once N servers are active and no rebalance runs (every server ready, hscheck).
+# settled N: true once N servers are ready, see no rebalance and route with equal tables.
 settled() {
-    local states
-    states=$("$REL/kumostat" -m "$MGR" replstat 2>/dev/null || true)
-    [ "$(grep -c ': ready$' <<<"$states")" -ge "$1" ] || return 1
-    ! "$REL/kumostat" -m "$MGR" hscheck 2>/dev/null | grep -q ': false$'
+    local stats
+    stats=$("$REL/kumostat" -m "$MGR" stats 2>/dev/null || true)
+    [ "$(grep -c ': STAT replstat ready$' <<<"$stats")" -ge "$1" ] || return 1
+    [ "$(grep -c ': STAT rebalance none$' <<<"$stats")" -ge "$1" ] || return 1
+    ! grep -q ': STAT hscheck false$' <<<"$stats"
 }
-attach_and_wait() { # N
-    local i
-    for ((i = 0; i < 600; i++)); do
-        "$REL/kumoctl" "$MGR" attach >/dev/null 2>&1 || true
+# wait_settled N SECONDS
+wait_settled() {
+    local deadline=$((SECONDS + $2))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         settled "$1" && return 0
-        sleep 0.1
+        sleep 0.05
     done
     echo "the cluster did not settle with $1 servers: $("$REL/kumoctl" "$MGR" status 2>&1 | tr '\n' ' ')" >&2
     exit 1
@@ -158,16 +167,19 @@ for ((i = 0; i < 100; i++)); do
     [ "$("$REL/kumoctl" "$MGR" status 2>/dev/null | grep -c '  127.0.0.1:')" -ge 3 ] && break
     sleep 0.1
 done
-attach_and_wait 3
+"$REL/kumoctl" "$MGR" attach >/dev/null
+wait_settled 3 60
 free_port; GW_TEXT=$PORT; free_port; GW_BIN=$PORT
 taskset -c "$SERVER_CPU" "$REL/kumo-gateway" -m "$MGR" -t "127.0.0.1:$GW_TEXT" \
     -b "127.0.0.1:$GW_BIN" --cpus "$SERVER_CPU" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 wait_port "$GW_TEXT" $! 10 && wait_port "$GW_BIN" $! 10 || { echo "gateway did not come up" >&2; exit 1; }
 TARGET=kumofs
-log "kumofs (3 servers, 3 copies): set-only pipeline 16"
-KF_TEXT=$(best "$GW_TEXT" text)
-KF_BIN=$(best "$GW_BIN" binary)
+if [ "$SKIP_WRITES" = 0 ]; then
+    log "kumofs (3 servers, 3 copies): set-only pipeline 16"
+    KF_TEXT=$(best "$GW_TEXT" text)
+    KF_BIN=$(best "$GW_BIN" binary)
+fi
 ratio() { awk -v k="$1" -v m="$2" 'BEGIN { if (m > 0) printf "%.2f", k / m; else print "-" }'; }
 
 # ---- 2. attach a 4th server to KEYS keys
@@ -194,10 +206,7 @@ sleep 1
 log "attaching the 4th server"
 ATTACH_START=$(date +%s.%N)
 "$REL/kumoctl" "$MGR" attach >/dev/null
-for ((i = 0; i < 6000; i++)); do
-    settled 4 && break
-    sleep 0.05
-done
+wait_settled 4 600
 ATTACH_SECS=$(awk -v a="$ATTACH_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 wait "$LOAD_PID" || true
 DURING=$(cat "$WORK/during.txt")

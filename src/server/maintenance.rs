@@ -130,6 +130,8 @@ pub enum ReplStatPhase {
     /// This server finished the copy phase of the current rebalance.
     CopyDone,
     Dropping,
+    /// This server finished the drop phase of the current rebalance.
+    DropDone,
 }
 
 /// Runs `call` on every shard; the first failure, if any.
@@ -222,21 +224,25 @@ fn status(shard: &Shard) -> ShardStatus {
     }
 }
 
-/// kumofs's `replstat` of this server (meaningful on shard 0, which drives rebalances).
+/// kumofs's `replstat` of this server (meaningful on shard 0, which drives rebalances): what the
+/// driver runs, else what the snapshot still expects from this server.
 pub(crate) fn replstat(shard: &Shard) -> ReplStat {
     let routing = shard.routing();
     let me = shard.me();
     if routing.write.state_of(&me) != Some(crate::ring::NodeState::Active) {
         return ReplStat::Inactive;
     }
+    let copying = |r: &crate::cluster::membership::Rebalance| {
+        r.phase == crate::cluster::membership::Phase::Copying
+    };
     match (shard.cluster.phase.get(), &routing.rebalance) {
         (ReplStatPhase::Copying, _) => ReplStat::Copying,
         (ReplStatPhase::Dropping, _) => ReplStat::Deleting,
-        (ReplStatPhase::CopyDone, Some(r))
-            if r.phase == crate::cluster::membership::Phase::Copying =>
-        {
-            ReplStat::Wait
-        }
+        (ReplStatPhase::CopyDone, Some(r)) if copying(r) => ReplStat::Wait,
+        (ReplStatPhase::DropDone, Some(r)) if !copying(r) => ReplStat::Ready,
+        (_, Some(r)) if r.waiting.contains(&me) && copying(r) => ReplStat::Copying,
+        (_, Some(r)) if r.waiting.contains(&me) => ReplStat::Deleting,
+        (_, Some(r)) if copying(r) => ReplStat::Wait,
         _ => ReplStat::Ready,
     }
 }

@@ -28,9 +28,11 @@
 //!
 //! When the snapshot's rebalance is in a phase this server has not finished (its own record of done
 //! `(target, phase)` pairs wins over the snapshot's `waiting` list, which can be stale), shard 0 runs
-//! the phase on every shard in the background and then sends `PhaseDone` to every manager. Until a
-//! manager's snapshot stops listing this server as waiting, `PhaseDone` is sent again every round,
-//! which is harmless (the manager ignores a repeat) and covers a lost message or a manager restart.
+//! the phase on every shard in the background and then sends `PhaseDone` to every manager. It is
+//! sent again if no manager accepted it, or if a snapshot newer than the one held when it was
+//! accepted still lists this server as waiting (a lost message, a manager restart); never twice
+//! under one snapshot, because a late repeat of a copy report could count as the end of the drop
+//! phase for a manager that names both phases by one target.
 //! A phase whose target the manager replaced stops at its next chunk and the new one starts.
 //!
 //! # Backups
@@ -66,6 +68,8 @@ type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
 struct Link {
     /// `(target, copy?)` phases finished by every shard.
     done: RefCell<Vec<(u64, bool)>>,
+    /// Phases reported to a manager, with the epoch of the snapshot held when reporting.
+    reported: RefCell<Vec<((u64, bool), u64)>>,
     running: Cell<Option<(u64, bool)>>,
     /// An adoption (possibly with its rejoin work) is under way.
     adopting: Cell<bool>,
@@ -292,8 +296,19 @@ async fn drive_rebalance(shard: &Rc<Shard>, managers: &[ManagerClient], link: &R
     };
     let key = (rebalance.target, is_copy(rebalance.phase));
     if link.done.borrow().contains(&key) {
-        if rebalance.waiting.contains(&me) {
-            report_done(managers, shard, rebalance.target).await;
+        // Reported already; again only if a snapshot newer than the one we reported under still
+        // waits for us (the report was lost, or a manager restarted). Repeating it under the same
+        // snapshot could let a late copy report count for the drop phase of a manager that names
+        // both phases by the same target.
+        let reported = link
+            .reported
+            .borrow()
+            .iter()
+            .any(|(k, epoch)| *k == key && *epoch >= routing.epoch);
+        if rebalance.waiting.contains(&me) && !reported {
+            if report_done(managers, shard, rebalance.target).await {
+                link.reported.borrow_mut().push((key, routing.epoch));
+            }
         }
         return;
     }
@@ -341,10 +356,13 @@ async fn drive_rebalance(shard: &Rc<Shard>, managers: &[ManagerClient], link: &R
                 state.phase.set(if key.1 {
                     ReplStatPhase::CopyDone
                 } else {
-                    ReplStatPhase::Idle
+                    ReplStatPhase::DropDone
                 });
                 link.done.borrow_mut().push(key);
-                report_done(&managers, &shard, key.0).await;
+                if report_done(&managers, &shard, key.0).await {
+                    let epoch = shard.routing().epoch;
+                    link.reported.borrow_mut().push((key, epoch));
+                }
             }
         }
         let mut slot = state.progress.borrow_mut();
@@ -397,14 +415,19 @@ async fn drive_backup(shard: &Rc<Shard>, managers: &[ManagerClient], link: &Rc<L
     });
 }
 
-async fn report_done(managers: &[ManagerClient], shard: &Shard, target: u64) {
+/// Sends `PhaseDone` to every manager; true if at least one accepted it.
+async fn report_done(managers: &[ManagerClient], shard: &Shard, target: u64) -> bool {
+    let mut accepted = false;
     for client in managers {
         let request = ManagerRequest::PhaseDone {
             addr: shard.me(),
             target,
         };
-        if let Err(e) = client.call(&request).await {
-            crate::info!("PhaseDone to {}: {e}", client.addr());
+        match client.call(&request).await {
+            Ok(ManagerResponse::Error(e)) => crate::info!("PhaseDone to {}: {e}", client.addr()),
+            Ok(_) => accepted = true,
+            Err(e) => crate::info!("PhaseDone to {}: {e}", client.addr()),
         }
     }
+    accepted
 }

@@ -17,8 +17,8 @@
 //!   ([`CopyCursor`]), so a phase that is run again (after a local error) continues where it
 //!   stopped. When the manager restarts the phase under a new target (a sender was lost), the walk
 //!   starts over, because who sends what changed.
-//! - Abort: between chunks the shard checks that the snapshot still runs this phase of this target;
-//!   if not it stops (the new phase, if any, is started by the driver).
+//! - Abort: between chunks the shard checks that the snapshot still runs this copy phase of this
+//!   target; if not it stops (the new phase, if any, is started by the driver).
 //! - Progress: records scanned, the total at the start, and records sent are counted into
 //!   [`PhaseCounters`] shared with the keepalive loop, which reports them to the managers.
 //!
@@ -373,11 +373,14 @@ async fn drop_unowned(
     let chunks = chunk_count(records, bytes);
     let mut dropped = 0;
     for chunk in 0..chunks {
-        if !still_running(shard, target, Phase::Dropping) {
-            return Err(format!("rebalance {target}: drop superseded"));
-        }
-        // The newest tables: a key this server is assigned under either is kept.
+        // The newest tables decide, chunk by chunk: a key this server is assigned under either is
+        // kept. So the drop goes on even if the manager ended or replaced the rebalance meanwhile
+        // (a newer rebalance's new keys are assigned under its write table, hence kept), unless
+        // this server left the write table.
         let routing = shard.routing();
+        if !routing.write.nodes().iter().any(|(addr, _)| *addr == me) {
+            return Err(format!("rebalance {target}: no longer in the write table"));
+        }
         let mut scanned = 0;
         dropped += shard
             .store
