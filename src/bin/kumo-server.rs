@@ -36,7 +36,7 @@ const SPECS: &[OptSpec] = &[
         "-L",
         "--stream-listen",
         "port",
-        "replace-stream port announced to the managers (default 19900)",
+        "port for rebalance copies, on the -l address (default 19900)",
     ),
     OptSpec::value(
         "",
@@ -115,6 +115,18 @@ const SPECS: &[OptSpec] = &[
         "[addr:]port",
         "serve asynchronous memcached binary here too",
     ),
+    OptSpec::value(
+        "",
+        "--copy-rate",
+        "MiB/s",
+        "rebalance copy rate of this server (default 32, 0 = unlimited)",
+    ),
+    OptSpec::value(
+        "",
+        "--gc-interval",
+        "sec",
+        "how often tombstones and other garbage are collected (default 60)",
+    ),
     daemon::COMMON_SPECS[0],
     daemon::COMMON_SPECS[1],
     daemon::COMMON_SPECS[2],
@@ -178,6 +190,18 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         listen: listen_memcached,
         ..GatewayConfig::default()
     });
+    let copy_rate_mib: f64 = parsed.parse_or("copy-rate", 32.0).map_err(|e| e.0)?;
+    if !(0.0..=1e6).contains(&copy_rate_mib) {
+        return Err(format!(
+            "--copy-rate {copy_rate_mib} must be between 0 and 1000000 MiB/s"
+        ));
+    }
+    let gc_secs: f64 = parsed.parse_or("gc-interval", 60.0).map_err(|e| e.0)?;
+    if !(0.05..=86_400.0).contains(&gc_secs) {
+        return Err(format!(
+            "--gc-interval {gc_secs} must be between 0.05 and 86400 seconds"
+        ));
+    }
     Ok(ServerConfig {
         listen,
         managers,
@@ -187,6 +211,8 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         durability,
         tombstone_min_age,
         gateway,
+        copy_rate: (copy_rate_mib * 1024.0 * 1024.0) as u64,
+        gc_interval: Duration::from_secs_f64(gc_secs),
     })
 }
 

@@ -118,11 +118,26 @@ pub struct ReplicaRecord {
     pub tombstone: bool,
 }
 
-/// Server -> server requests.
+/// Server -> server requests. Write replication travels on the data port (`-l`), rebalance copies
+/// on the stream port (`-L`); both ports accept every variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicationRequest {
     /// Apply these records (write replication or rebalance copy), newest version wins.
     Replicate { records: Vec<ReplicaRecord> },
+    /// A batch of a rebalance copy, sent under routing epoch `epoch`: the receiver applies it
+    /// (newest version wins) only once it routes with an epoch at least as new, so that anything it
+    /// must do on joining (dropping records below the GC horizon) is done before copies land;
+    /// until then it answers [`ReplicationResponse::NotReady`] and the sender retries.
+    Copy {
+        epoch: u64,
+        records: Vec<ReplicaRecord>,
+    },
+    /// First round of a cluster-wide `flush_all` (and of a joining server's catch-up): take in
+    /// `observe` (so later versions are newer), answer [`ReplicationResponse::Clock`].
+    Clock { observe: u64 },
+    /// Second round of a cluster-wide `flush_all`: every record older than `version` reads as
+    /// missing on every shard. Answered with [`ReplicationResponse::Flushed`].
+    Flush { version: u64 },
 }
 
 /// Server -> server answers.
@@ -134,6 +149,17 @@ pub enum ReplicationResponse {
         stale: u32,
     },
     Error(String),
+    /// A `Copy` arrived before the receiver adopted the sender's routing (it has `epoch`).
+    NotReady {
+        epoch: u64,
+    },
+    /// The receiver's newest version over all its shards (after observing the request's) and its
+    /// highest flush version.
+    Clock {
+        now: u64,
+        flush: u64,
+    },
+    Flushed,
 }
 
 /// Everything a server or gateway needs to route: both tables, each server's shard count (so a

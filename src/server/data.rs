@@ -8,13 +8,15 @@
 //! the snapshot epoch this server routes with, so the gateway refreshes its table and retries.
 //!
 //! A write is stamped with a fresh version of the shard's hybrid logical clock (the CAS token),
-//! applied to the engine by [`apply_write`] (a pure mapping of [`WriteOp`] onto the engine, unit
-//! tested below), made durable per the `--durability` policy, then replicated (see
-//! [`super::replication`]) before the answer leaves; `noreply` writes answer after the local write.
+//! above the key's stored version whatever clock stamped that one (so a clock running behind
+//! never makes a newer write lose), applied to the engine by [`apply_write`] (a pure mapping of
+//! [`WriteOp`] onto the engine, unit tested below), made durable per the `--durability` policy,
+//! then replicated (see [`super::replication`]) before the answer leaves; `noreply` writes answer
+//! after the local write. A write whose replicas include one with a full replication backlog is
+//! refused before anything is written (see [`super::backlog`]).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
 use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
@@ -65,7 +67,7 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: DataRequest) -> DataRespo
                 Err(e) => DataResponse::Error(format!("forwarding to shard {owner}: {e}")),
             }
         }
-        DataRequest::FlushAll { delay } => flush_all(shard, *delay).await,
+        DataRequest::FlushAll { delay } => super::flush::flush_all(shard, *delay).await,
         DataRequest::Stats => DataResponse::Stats(stats(shard).await),
     }
 }
@@ -92,7 +94,7 @@ pub(crate) async fn handle_local(shard: &Rc<Shard>, request: DataRequest) -> Dat
             };
             coordinate_write(shard, hash, write, noreply).await
         }
-        DataRequest::FlushAll { delay } => flush_all(shard, delay).await,
+        DataRequest::FlushAll { delay } => super::flush::flush_all(shard, delay).await,
         DataRequest::Stats => DataResponse::Stats(stats(shard).await),
     }
 }
@@ -170,6 +172,19 @@ async fn coordinate_write(
         _ => &shard.counters.cmd_set,
     };
     super::shard::Counters::bump(counter, 1);
+    // Refused before anything is written when a replica's backlog is full (see server::backlog).
+    let targets = match super::replication::admit(shard, &routing, hash) {
+        Ok(targets) => targets,
+        Err(why) => return DataResponse::Error(why),
+    };
+    // Stamp above the key's stored version (value or tombstone), whatever clock stamped it.
+    match super::store::stored_version(&mut shard.store.engine(), &write.key) {
+        Ok(Some(stored)) => {
+            shard.observe_version(stored);
+        }
+        Ok(None) => {}
+        Err(e) => return DataResponse::Error(e.to_string()),
+    }
     let version = shard.next_version();
     let applied = apply_write(&mut shard.store.engine(), hash, &write, version);
     let (response, record) = match applied {
@@ -182,7 +197,6 @@ async fn coordinate_write(
     if let Err(e) = shard.store.durable().await {
         return DataResponse::Error(format!("storage sync failed: {e}"));
     }
-    let targets = super::replication::replica_targets(&routing, hash, me);
     if targets.is_empty() {
         return response;
     }
@@ -294,36 +308,6 @@ pub fn apply_write(
     })
 }
 
-/// `flush_all [delay]`: every shard hides the records older than a version taken now (or after
-/// `delay` seconds). A delayed flush lives in memory only: a restart before it fires forgets it.
-async fn flush_all(shard: &Rc<Shard>, delay: u32) -> DataResponse {
-    if delay > 0 {
-        let shard = shard.clone();
-        runtime::spawn(async move {
-            runtime::sleep(Duration::from_secs(u64::from(delay))).await;
-            if let Err(e) = flush_now(&shard).await {
-                crate::warn!("delayed flush_all failed: {e}");
-            }
-        });
-        return DataResponse::Flushed;
-    }
-    match flush_now(shard).await {
-        Ok(()) => DataResponse::Flushed,
-        Err(e) => DataResponse::Error(e),
-    }
-}
-
-async fn flush_now(shard: &Rc<Shard>) -> Result<(), String> {
-    let before = shard.next_version();
-    for answer in shard.call_all(|| ShardCall::Flush(before)).await {
-        match answer? {
-            ShardAnswer::Done(result) => result?,
-            _ => return Err("internal: wrong answer from shard".into()),
-        }
-    }
-    Ok(())
-}
-
 /// Stats summed over every shard, plus per-shard item counts (`shardN_items`).
 async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
     let mut total = ShardCounters::default();
@@ -377,6 +361,7 @@ async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     out.extend(per_shard);
+    out.extend(super::maintenance::stats(shard).await);
     out
 }
 

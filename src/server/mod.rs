@@ -8,11 +8,18 @@
 //! server address with SO_REUSEPORT; connections are bound to a shard by their hello and requests
 //! for another core are forwarded over the mesh (see [`shard`]).
 //!
-//! - [`data`]: gateway requests (get, the write ops, flush_all, stats);
+//! - [`data`]: gateway requests (get, the write ops, stats);
 //! - [`replication`]: replicating writes to the other owners and applying replicas;
 //! - [`gateway`]: the memcached ports (`-t/-b/-c`), the gateway running inside the server;
-//! - [`manager_link`]: keepalives to the managers, routing adoption, rebalance phases;
-//! - [`rebalance`]: a shard's copy and drop work during a rebalance.
+//! - [`backlog`]: writes a live replica has not acknowledged yet, retried in the background;
+//! - [`manager_link`]: keepalives to the managers, routing adoption and the rejoin rule, rebalance
+//!   phases, backups;
+//! - [`rebalance`]: a shard's copy and drop work during a rebalance;
+//! - [`stream`]: the stream port (`-L`) where rebalance copies arrive;
+//! - [`flush`]: `flush_all` with one flush version across the cluster;
+//! - [`backup`]: online backups;
+//! - [`maintenance`]: the cluster side's calls between shards, and the status for kumostat;
+//! - [`store`]: the data directory.
 //!
 //! # Contract with gateways and peers
 //!
@@ -23,26 +30,40 @@
 //!   [`shard::REPLICATION_PEER`]; they carry `ReplicationRequest`s on the same port as data.
 //! - `Stats` answers for the whole server (all shards summed, plus `shardN_items`).
 //!
+//! # Versions and garbage
+//!
+//! A coordinator stamps a write above both its clock and the key's stored version, and every
+//! version received (records, snapshot epochs) advances the receiving shard's clock. Tombstones are
+//! collected every `--gc-interval` only below the snapshot's `gc_horizon` and once older than
+//! `-gX` (see [`store::collect_garbage`]).
+//!
 //! # Known limits
 //!
-//! - The stream port (`-L`) is only announced: copies travel on the data port, because the routing
-//!   snapshot does not carry the peers' stream ports.
 //! - A delayed `flush_all` is kept in memory only.
 //! - A write whose replication fails is reported as an error but stays on the copies that took it
-//!   (indefinite, as in kumofs); the gateway's retry writes a newer version.
+//!   (indefinite, as in kumofs); the gateway's retry writes a newer version, and the backlog
+//!   delivers the failed one to the replica later (it loses to the newer one there).
+//! - The records a rejoining server drops below the GC horizon are dropped from its index; if its
+//!   index snapshot were lost before the next one is written, a full log scan could bring them
+//!   back.
 //!
 //! # Shutdown
 //!
 //! SIGINT/SIGTERM stop the listeners and connections; every shard then fsyncs its engine and
 //! writes its index snapshot, so the next start is fast and loses nothing acknowledged.
 
+pub mod backlog;
+pub mod backup;
 pub mod data;
+pub mod flush;
 mod gateway;
+pub mod maintenance;
 pub mod manager_link;
 pub mod rebalance;
 pub mod replication;
 pub mod shard;
 pub mod store;
+pub mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,18 +90,22 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Managers to register with (`-m`, `-p`).
     pub managers: Vec<SocketAddr>,
-    /// Announced to the managers (`-L`). Copies currently travel on the data port.
+    /// Port of the stream listener on the `-l` IP, announced to the managers (`-L`).
     pub stream_port: u16,
     /// Store directory (`-s`).
     pub store: PathBuf,
     /// CPUs to run one shard on each; `None` = every CPU of the process.
     pub cpus: Option<Vec<usize>>,
     pub durability: Durability,
-    /// Tombstones younger than this are never collected (`-gN`, seconds).
+    /// Tombstones younger than this are never collected (`-gX`, seconds).
     pub tombstone_min_age: u32,
     /// The memcached ports this server serves itself (`-t/-b/-c`), with the gateway settings;
     /// `None`: clients go through a kumo-gateway.
     pub gateway: Option<crate::gateway::GatewayConfig>,
+    /// Rebalance copies are paced to this many bytes per second per server (0 = unlimited).
+    pub copy_rate: u64,
+    /// How often tombstones and other garbage are collected.
+    pub gc_interval: Duration,
 }
 
 /// Opens the store, starts the shards and serves until SIGINT/SIGTERM (or `shutdown`).
@@ -149,9 +174,18 @@ async fn shard_main(
             return;
         }
     };
+    let stream_addr = SocketAddr::new(config.listen.ip(), config.stream_port);
+    let stream_listener = match Listener::bind(stream_addr) {
+        Ok(listener) => listener,
+        Err(e) => {
+            fail(format!(
+                "cannot listen on the stream port {stream_addr} (-L): {e}"
+            ));
+            return;
+        }
+    };
     let store = ShardStore::new(engine);
     let maintenance = store.spawn_maintenance();
-    let min_age = config.tombstone_min_age;
     let shard = Rc::new(Shard::new(config, store, ctx));
     shard.observe_version(store::load_clock(&shard.config.store, shard.id));
     if shard.id == 0 {
@@ -164,7 +198,8 @@ async fn shard_main(
         runtime::spawn(manager_link::run(shard.clone()));
     }
     runtime::spawn(shard.clone().run_inbox());
-    runtime::spawn(housekeeping(shard.clone(), min_age));
+    runtime::spawn(housekeeping(shard.clone()));
+    runtime::spawn(stream::serve(shard.clone(), stream_listener));
     if let Some(gateway) = &shard.config.gateway {
         if let Err(why) = gateway::start(&shard, gateway) {
             if let Ok(mut slot) = failure.lock() {
@@ -188,15 +223,18 @@ async fn shard_main(
     }
 }
 
-/// Every [`HOUSEKEEPING_INTERVAL`]: saves the clock and, every [`GC_EVERY`] rounds, asks the engine
-/// to collect tombstones older than `min_age` seconds (`-gX`).
-async fn housekeeping(shard: Rc<Shard>, min_age: u32) {
+/// Saves the clock every [`CLOCK_SAVE_INTERVAL`] and collects garbage every `--gc-interval`:
+/// tombstones below the snapshot's GC horizon and older than `-gX`, expired and flushed records
+/// (see [`store::collect_garbage`]).
+async fn housekeeping(shard: Rc<Shard>) {
     let stop = shard.ctx.shutdown_signal();
-    let mut round = 0u64;
+    let tick = CLOCK_SAVE_INTERVAL.min(shard.config.gc_interval);
+    let mut last_save = std::time::Instant::now();
+    let mut last_gc = std::time::Instant::now();
     loop {
         let _ = futures_lite::future::or(
             async {
-                runtime::sleep(HOUSEKEEPING_INTERVAL).await;
+                runtime::sleep(tick).await;
             },
             stop.wait(),
         )
@@ -204,20 +242,27 @@ async fn housekeeping(shard: Rc<Shard>, min_age: u32) {
         if stop.is_fired() {
             return;
         }
-        save_clock(&shard);
-        round += 1;
-        if round.is_multiple_of(GC_EVERY) {
-            if let Err(e) = shard.store.engine().gc_tombstones(min_age) {
-                crate::warn!("shard {}: tombstone collection failed: {e}", shard.id);
+        if last_save.elapsed() >= CLOCK_SAVE_INTERVAL {
+            save_clock(&shard);
+            last_save = std::time::Instant::now();
+        }
+        if last_gc.elapsed() >= shard.config.gc_interval {
+            last_gc = std::time::Instant::now();
+            let horizon = shard.routing().gc_horizon;
+            let min_age = shard.config.tombstone_min_age;
+            if let Err(e) = store::collect_garbage(&mut shard.store.engine(), horizon, min_age) {
+                crate::warn!("shard {}: garbage collection failed: {e}", shard.id);
             }
         }
     }
 }
 
 /// How often the clock is saved; must stay well under `store::CLOCK_SAVE_MARGIN_MS`.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
-/// Tombstone collection runs every this many housekeeping rounds.
-const GC_EVERY: u64 = 6;
+const CLOCK_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default of `--gc-interval`.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of `--copy-rate`, in bytes per second.
+pub const DEFAULT_COPY_RATE: u64 = 32 << 20;
 
 fn save_clock(shard: &Shard) {
     if let Err(e) = store::save_clock(&shard.config.store, shard.id, shard.clock_last()) {

@@ -7,12 +7,15 @@
 //! names the shard and marks the connection as replication, see [`super::shard::REPLICATION_PEER`]).
 //! A peer that fails is retried [`ATTEMPTS`] times with a short backoff; if it still fails the
 //! whole write fails, so the gateway retries it (the write is then indefinite, as in kumofs: some
-//! copies may hold it).
+//! copies may hold it), and the record goes to the replication backlog ([`super::backlog`]), which
+//! keeps retrying that peer until it acknowledges or stops being an active member.
 //!
 //! Receiving: `handle` applies records newest-version-wins (`put_if_newer` / `delete_if_newer`),
 //! so a late or repeated copy never overwrites a newer write, and observes every version so the
 //! shard's clock stays ahead of anything it has stored. Records of keys owned by another core of
-//! this server (a sender with a stale shard count) are passed to that core over the mesh.
+//! this server (a sender with a stale shard count) are passed to that core over the mesh. A
+//! rebalance [`ReplicationRequest::Copy`] is applied the same way once this shard routes with the
+//! sender's epoch. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,7 +49,7 @@ pub(crate) struct PeerClients {
 }
 
 impl PeerClients {
-    fn get(&self, me: SocketAddr, peer: SocketAddr, shard: usize) -> PeerClient {
+    pub(crate) fn get(&self, me: SocketAddr, peer: SocketAddr, shard: usize) -> PeerClient {
         self.clients
             .borrow_mut()
             .entry((peer, shard))
@@ -83,7 +86,24 @@ pub fn replica_targets(routing: &RoutingSnapshot, hash: u64, me: SocketAddr) -> 
     targets
 }
 
-/// Sends `record` to every target; `Ok` once all acknowledged.
+/// The replicas a write of `hash` coordinated here must reach, or the refusal to answer when one
+/// of them has a full backlog (checked before anything is written, see [`super::backlog`]).
+pub(crate) fn admit(
+    shard: &Shard,
+    routing: &RoutingSnapshot,
+    hash: u64,
+) -> Result<Vec<SocketAddr>, String> {
+    let targets = replica_targets(routing, hash, shard.me());
+    match shard.cluster.backlog.full_peer(&targets) {
+        Some(peer) => Err(format!(
+            "replication backlog to {peer} is full; retry once it catches up or is marked fault"
+        )),
+        None => Ok(targets),
+    }
+}
+
+/// Sends `record` to every target; `Ok` once all acknowledged. A target that fails gets the record
+/// through the backlog later.
 pub(crate) async fn replicate(
     shard: &Rc<Shard>,
     routing: &RoutingSnapshot,
@@ -104,11 +124,13 @@ pub(crate) async fn replicate(
             )
         })
         .collect();
-    let failures: Vec<String> = super::join_all(sends)
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
+    let mut failures = Vec::new();
+    for (peer, sent) in targets.iter().zip(super::join_all(sends).await) {
+        if let Err(e) = sent {
+            super::backlog::enqueue(shard, *peer, records[0].clone());
+            failures.push(e);
+        }
+    }
     if failures.is_empty() {
         Ok(())
     } else {
@@ -136,15 +158,47 @@ pub(crate) async fn send_records(
         match client.call_with_timeout(&request, limit).await {
             Ok(ReplicationResponse::Ack { .. }) => return Ok(()),
             Ok(ReplicationResponse::Error(e)) => last = format!("{peer}: {e}"),
+            Ok(other) => last = format!("{peer}: unexpected answer {other:?}"),
             Err(e) => last = format!("{peer}: {e}"),
         }
     }
     Err(last)
 }
 
-/// Entry point of a replication connection's request.
+/// Entry point of a replication connection's request (data or stream port).
 pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> ReplicationResponse {
-    let ReplicationRequest::Replicate { records } = request;
+    match request {
+        ReplicationRequest::Replicate { records } => apply(shard, records).await,
+        ReplicationRequest::Copy { epoch, records } => {
+            let mine = shard.routing().epoch;
+            if mine < epoch {
+                return ReplicationResponse::NotReady { epoch: mine };
+            }
+            let count = records.len() as u64;
+            let answer = apply(shard, records).await;
+            if matches!(answer, ReplicationResponse::Ack { .. }) {
+                let received = &shard.cluster.copy_received;
+                received.set(received.get() + count);
+            }
+            answer
+        }
+        ReplicationRequest::Clock { observe } => {
+            match super::maintenance::clock_of_all_shards(shard, observe).await {
+                Ok((now, flush)) => ReplicationResponse::Clock { now, flush },
+                Err(e) => ReplicationResponse::Error(e),
+            }
+        }
+        ReplicationRequest::Flush { version } => {
+            match super::flush::flush_every_shard(shard, version).await {
+                Ok(()) => ReplicationResponse::Flushed,
+                Err(e) => ReplicationResponse::Error(e),
+            }
+        }
+    }
+}
+
+/// Applies records on the shards that own them, newest version wins.
+async fn apply(shard: &Rc<Shard>, records: Vec<ReplicaRecord>) -> ReplicationResponse {
     let mut by_core: HashMap<usize, Vec<ReplicaRecord>> = HashMap::new();
     for record in records {
         by_core

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalSender};
 
+use super::maintenance::{ClusterAnswer, ClusterCall, ClusterState};
 use super::ServerConfig;
 use crate::cluster::clock::{wall_ms, Hlc};
 use crate::cluster::membership::Phase;
@@ -41,7 +42,7 @@ pub const REPLICATION_PEER: &str = "kumo-server replication ";
 
 /// How long a call to another shard of this process may take.
 const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one shard's part of a rebalance phase may take.
+/// How long one shard's part of a rebalance phase (or a purge or backup) may take.
 const PHASE_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Messages between the shards of one server process.
@@ -71,17 +72,15 @@ pub(crate) enum ShardCall {
     Replicate(Vec<ReplicaRecord>),
     /// This shard's counters, for `Stats`.
     LocalStats,
-    /// `flush_all`: hide every record older than this version.
-    Flush(u64),
-    /// Run the current phase of the snapshot's rebalance on this shard.
-    Phase(Box<RoutingSnapshot>),
+    /// The cluster side's work on every shard: rebalance phases, flush, rejoin, backup, status.
+    Cluster(ClusterCall),
 }
 
 pub(crate) enum ShardAnswer {
     Data(DataResponse),
     Replicate(ReplicationResponse),
     Stats(ShardCounters),
-    Done(Result<(), String>),
+    Cluster(ClusterAnswer),
 }
 
 /// Counters one shard reports for `Stats`.
@@ -129,6 +128,7 @@ pub(crate) struct Shard {
     next_call: Cell<u64>,
     pending: RefCell<HashMap<u64, LocalSender<ShardAnswer>>>,
     pub(crate) peers: super::replication::PeerClients,
+    pub(crate) cluster: ClusterState,
 }
 
 impl Shard {
@@ -146,6 +146,7 @@ impl Shard {
             next_call: Cell::new(1),
             pending: RefCell::new(HashMap::new()),
             peers: Default::default(),
+            cluster: ClusterState::default(),
         }
     }
 
@@ -175,6 +176,7 @@ impl Shard {
 
     /// Adopts `snapshot` if it is newer than the one held; returns whether it was.
     pub fn adopt_routing(&self, snapshot: RoutingSnapshot) -> bool {
+        self.observe_version(snapshot.epoch);
         let mut current = self.routing.borrow_mut();
         if snapshot.epoch <= current.epoch {
             return false;
@@ -189,8 +191,8 @@ impl Shard {
             return Ok(self.clone().answer(call).await);
         }
         // A rebalance phase walks the whole shard: it may take far longer than a request.
-        let limit = match call {
-            ShardCall::Phase(_) => PHASE_CALL_TIMEOUT,
+        let limit = match &call {
+            ShardCall::Cluster(call) if call.is_long() => PHASE_CALL_TIMEOUT,
             _ => SHARD_CALL_TIMEOUT,
         };
         let id = self.next_call.get();
@@ -229,15 +231,8 @@ impl Shard {
                 ShardAnswer::Replicate(super::replication::apply_local(&self, records).await)
             }
             ShardCall::LocalStats => ShardAnswer::Stats(self.local_counters()),
-            ShardCall::Flush(before) => {
-                // This shard's clock may be ahead of the caller's: everything it wrote so far must
-                // be older than the flush version too.
-                let before = before.max(self.next_version());
-                let flushed = self.store.engine().flush(before).map_err(|e| e.to_string());
-                ShardAnswer::Done(flushed)
-            }
-            ShardCall::Phase(snapshot) => {
-                ShardAnswer::Done(super::rebalance::run_phase(&self, &snapshot).await)
+            ShardCall::Cluster(call) => {
+                ShardAnswer::Cluster(super::maintenance::answer(&self, call).await)
             }
         }
     }

@@ -164,6 +164,7 @@ impl Engine {
         if !keep {
             self.remove_slot(slot);
             progress.records_dropped += 1;
+            self.counters.records_dropped += 1;
             return Ok(0);
         }
         if drop_only {

@@ -544,6 +544,52 @@ impl Engine {
         Ok(dropped)
     }
 
+    /// Drops from the index every record, value or tombstone, whose tag lies in `tags`, whose
+    /// version is below `below_version` and whose key `which` selects; returns how many. What a
+    /// rejoining server forgets of the keys it is about to be refilled with (a copy brings the
+    /// live ones back, and nothing deleted meanwhile can resurrect). Durable once the next
+    /// snapshot is written, like [`Engine::retain`].
+    pub fn drop_below_in(
+        &mut self,
+        tags: std::ops::RangeInclusive<u32>,
+        below_version: u64,
+        mut which: impl FnMut(&[u8]) -> bool,
+    ) -> Result<u64, StorageError> {
+        let mut doomed = Vec::new();
+        for pos in self.index.positions_in(tags) {
+            let slot = self.index.get(pos);
+            let bytes = self.record(slot)?;
+            let Ok(h) = Header::decode(bytes) else {
+                continue;
+            };
+            if h.version >= below_version {
+                continue;
+            }
+            if let Some(key) = bytes.get(HEADER_LEN..HEADER_LEN + h.key_len as usize) {
+                if which(key) {
+                    doomed.push(slot);
+                }
+            }
+        }
+        let mut dropped = 0;
+        for slot in doomed {
+            dropped += u64::from(self.remove_slot(slot));
+        }
+        Ok(dropped)
+    }
+
+    /// The version of `key`'s current record, value or tombstone, flushed or expired or not
+    /// (`None` if the index has none). A coordinator stamps a write above it.
+    pub fn stored_version(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        self.check_key(key)?;
+        Ok(self.find(key)?.map(|found| found.header.version))
+    }
+
+    /// Records with a version below this read as missing (the last `flush_all`).
+    pub fn flush_version(&self) -> u64 {
+        self.flush_version
+    }
+
     /// Current counters; O(number of segments).
     pub fn stats(&self) -> Stats {
         let mut s = self.counters;

@@ -122,6 +122,9 @@ pub struct Stats {
     /// RAM held by the index.
     pub index_bytes: u64,
     pub segments: u64,
+    /// Records compaction dropped since start: expired values, flushed records and collected
+    /// tombstones.
+    pub records_dropped: u64,
 }
 
 /// Everything that can go wrong in the engine.
