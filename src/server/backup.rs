@@ -135,7 +135,8 @@ pub(crate) async fn copy_shard(shard: &Rc<Shard>, dir: &Path) -> Result<u64, Str
     };
     let chunks = chunk_count(records, bytes);
     let mut written = 0u64;
-    for chunk in 0..chunks {
+    for step in 0..chunks {
+        let chunk = super::rebalance::chunk_at_step(step, chunks);
         let mut failed = None;
         shard
             .store

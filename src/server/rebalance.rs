@@ -118,6 +118,23 @@ pub fn chunk_tags(i: u32, chunks: u32) -> std::ops::RangeInclusive<u32> {
     (low as u32)..=((low + width - 1) as u32)
 }
 
+/// The chunk a scan visits at step `step` of `chunks` (a power of two): the step with its bits
+/// reversed, so consecutive steps land far apart in the tag space (0, chunks/2, chunks/4, ...).
+///
+/// Why: the engine's index puts a key at the slot given by its tag's top bits, in a table sized
+/// for the keys it holds now. A receiver fed in tag order (a copy, a backup) would put every key so
+/// far into the first part of a table sized for all of them, one ever-growing probe cluster: each
+/// insert and lookup O(keys), a 1-million-key attach taking minutes at 100% CPU (starving the
+/// server's keepalives until the manager judged it down). Visited in this order, the keys received
+/// at any time are spread over the whole tag space and clusters stay about one chunk long.
+pub fn chunk_at_step(step: u32, chunks: u32) -> u32 {
+    let bits = chunks.max(1).trailing_zeros();
+    if bits == 0 {
+        return 0;
+    }
+    step.reverse_bits() >> (32 - bits)
+}
+
 /// How many chunks to cut a shard of `records` records and `bytes` bytes into: a power of two
 /// between 256 and 2^20.
 pub fn chunk_count(records: u64, bytes: u64) -> u32 {
@@ -254,26 +271,30 @@ async fn copy(
         shard
             .store
             .engine()
-            .for_each_in(chunk_tags(cursor.next, cursor.chunks), true, |entry| {
-                scanned += 1;
-                let hash = key_hash(entry.key);
-                for peer in copy_targets(snapshot, hash, me, full) {
-                    let peer_shard = core_of(hash, snapshot.shards_of(&peer));
-                    batches
-                        .entry((peer, peer_shard))
-                        .or_default()
-                        .push(ReplicaRecord {
-                            hash,
-                            key: entry.key.to_vec(),
-                            value: entry.value.to_vec(),
-                            flags: entry.flags,
-                            exptime: entry.expiry,
-                            version: entry.version,
-                            tombstone: entry.tombstone,
-                        });
-                }
-                true
-            })
+            .for_each_in(
+                chunk_tags(chunk_at_step(cursor.next, cursor.chunks), cursor.chunks),
+                true,
+                |entry| {
+                    scanned += 1;
+                    let hash = key_hash(entry.key);
+                    for peer in copy_targets(snapshot, hash, me, full) {
+                        let peer_shard = core_of(hash, snapshot.shards_of(&peer));
+                        batches
+                            .entry((peer, peer_shard))
+                            .or_default()
+                            .push(ReplicaRecord {
+                                hash,
+                                key: entry.key.to_vec(),
+                                value: entry.value.to_vec(),
+                                flags: entry.flags,
+                                exptime: entry.expiry,
+                                version: entry.version,
+                                tombstone: entry.tombstone,
+                            });
+                    }
+                    true
+                },
+            )
             .map_err(|e| format!("scanning shard {}: {e}", shard.id))?;
         for ((peer, peer_shard), records) in batches {
             let mut rest = records.as_slice();
@@ -517,6 +538,18 @@ mod tests {
                     .filter(|a| **a != coordinator)
                     .count()
             );
+        }
+    }
+
+    #[test]
+    fn chunk_steps_visit_every_chunk_once_spread_out() {
+        for chunks in [1u32, 2, 256, 4096] {
+            let mut seen: Vec<u32> = (0..chunks).map(|s| chunk_at_step(s, chunks)).collect();
+            if chunks >= 4 {
+                assert_eq!(&seen[..4], &[0, chunks / 2, chunks / 4, 3 * chunks / 4]);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, (0..chunks).collect::<Vec<_>>());
         }
     }
 

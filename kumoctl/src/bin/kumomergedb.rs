@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::exit;
 
 use kumofs::ring::{core_of, key_hash};
+use kumofs::server::rebalance::{chunk_at_step, chunk_count, chunk_tags};
 use kumofs::server::store;
 use kumofs::storage::{Config, Durability, Engine, WriteOutcome};
 
@@ -81,34 +82,40 @@ fn merge(dst: &Path, sources: &[PathBuf], shards: Option<usize>) -> Result<(u64,
             let (mut engine, _) =
                 Engine::open(config).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
             let mut failed = None;
-            engine
-                .for_each(true, |entry| {
-                    total += 1;
-                    let target = &mut out[core_of(key_hash(entry.key), shards)];
-                    let applied = if entry.tombstone {
-                        target.delete_if_newer(entry.key, entry.version)
-                    } else {
-                        target.put_if_newer(
-                            entry.key,
-                            entry.value,
-                            entry.flags,
-                            entry.expiry,
-                            entry.version,
-                        )
-                    };
-                    match applied {
-                        Ok(WriteOutcome::Stored | WriteOutcome::Deleted) => merged += 1,
-                        Ok(_) => {}
-                        Err(e) => {
-                            failed = Some(format!("writing {}: {e}", dst.display()));
-                            return false;
+            // In chunks spread over the tag space, not in tag order: an engine fed keys in tag
+            // order builds one long probe cluster (see `chunk_at_step`).
+            let chunks = chunk_count(engine.len() as u64, engine.stats().bytes_live);
+            for step in 0..chunks {
+                let tags = chunk_tags(chunk_at_step(step, chunks), chunks);
+                engine
+                    .for_each_in(tags, true, |entry| {
+                        total += 1;
+                        let target = &mut out[core_of(key_hash(entry.key), shards)];
+                        let applied = if entry.tombstone {
+                            target.delete_if_newer(entry.key, entry.version)
+                        } else {
+                            target.put_if_newer(
+                                entry.key,
+                                entry.value,
+                                entry.flags,
+                                entry.expiry,
+                                entry.version,
+                            )
+                        };
+                        match applied {
+                            Ok(WriteOutcome::Stored | WriteOutcome::Deleted) => merged += 1,
+                            Ok(_) => {}
+                            Err(e) => {
+                                failed = Some(format!("writing {}: {e}", dst.display()));
+                                return false;
+                            }
                         }
-                    }
-                    true
-                })
-                .map_err(|e| format!("reading {}: {e}", dir.display()))?;
-            if let Some(e) = failed {
-                return Err(e);
+                        true
+                    })
+                    .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
             }
         }
     }
