@@ -92,7 +92,12 @@ impl ManagerService {
             }
         }
         match state.snapshot() {
-            Ok(snapshot) => *self.snapshot.borrow_mut() = Rc::new(snapshot),
+            Ok(snapshot) => {
+                for change in routing_changes(&self.snapshot.borrow(), &snapshot) {
+                    crate::info!("manager: {change}");
+                }
+                *self.snapshot.borrow_mut() = Rc::new(snapshot);
+            }
             Err(e) => {
                 crate::warn!("manager: cannot build the routing snapshot: {e}");
             }
@@ -346,5 +351,64 @@ fn to_response(reply: Reply) -> ManagerResponse {
         Reply::AutoReplace(on) => ManagerResponse::AutoReplace(on),
         Reply::Backup(report) => ManagerResponse::Backup(report),
         Reply::Error(e) => ManagerResponse::Error(e),
+    }
+}
+
+/// What an operator should read in the log when the routing changes: servers whose state in the
+/// write or read table changed, and rebalance phases starting and ending.
+fn routing_changes(old: &RoutingSnapshot, new: &RoutingSnapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, before, after) in [
+        ("write", &old.write, &new.write),
+        ("read", &old.read, &new.read),
+    ] {
+        for (addr, state) in after.nodes() {
+            let was = before.state_of(addr);
+            if was != Some(*state) {
+                let was = was.map_or_else(|| "absent".to_string(), |s| format!("{s:?}"));
+                out.push(format!("{name} table: server {addr} {was} -> {state:?}"));
+            }
+        }
+        for (addr, state) in before.nodes() {
+            if after.state_of(addr).is_none() {
+                out.push(format!("{name} table: server {addr} {state:?} -> removed"));
+            }
+        }
+    }
+    let phase = |s: &RoutingSnapshot| s.rebalance.as_ref().map(|r| (r.target, r.phase));
+    match (phase(old), phase(new)) {
+        (before, Some((target, now))) if before != Some((target, now)) => {
+            out.push(format!("rebalance {target}: {now:?} phase"));
+        }
+        (Some((target, _)), None) => out.push(format!("rebalance {target} finished")),
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{NodeState, RoutingTable};
+
+    #[test]
+    fn routing_changes_name_servers_and_phases() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut old = RoutingSnapshot::empty();
+        old.write = RoutingTable::new(1, vec![(a, NodeState::Active)]).unwrap();
+        old.read = old.write.clone();
+        assert!(routing_changes(&old, &old).is_empty());
+        let mut new = old.clone();
+        new.write =
+            RoutingTable::new(2, vec![(a, NodeState::Fault), (b, NodeState::Active)]).unwrap();
+        let changes = routing_changes(&old, &new);
+        assert_eq!(
+            changes,
+            vec![
+                format!("write table: server {a} Active -> Fault"),
+                format!("write table: server {b} absent -> Active"),
+            ]
+        );
     }
 }
