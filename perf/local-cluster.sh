@@ -48,9 +48,12 @@ for i in 1 2 3; do
 done
 for i in 1 2 3; do wait_port $HOST "1980$i"; done
 
-# Attach once the manager has seen all three servers.
+# Attach once the manager has seen all three servers (new ones are listed as not attached; after a
+# restart on the same run/ directory they are still attached, and active once they sent a keepalive).
 for _ in $(seq 1 300); do
-  if [ "$("$BIN/kumoctl" "$MGR" status | sed -n '/^not attached node:/,$p' | grep -c ':198')" -ge 3 ]; then break; fi
+  status=$("$BIN/kumoctl" "$MGR" status 2>/dev/null || true)
+  if [ "$(sed -n '/^not attached node:/,$p' <<<"$status" | grep -c ':198')" -ge 3 ] ||
+     [ "$(grep -c ':198.*(active)' <<<"$status")" -ge 3 ]; then break; fi
   sleep 0.1
 done
 "$BIN/kumoctl" "$MGR" attach
