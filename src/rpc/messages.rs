@@ -124,12 +124,14 @@ pub struct ReplicaRecord {
 pub enum ReplicationRequest {
     /// Apply these records (write replication or rebalance copy), newest version wins.
     Replicate { records: Vec<ReplicaRecord> },
-    /// A batch of a rebalance copy, sent under routing epoch `epoch`: the receiver applies it
-    /// (newest version wins) only once it routes with an epoch at least as new, so that anything it
-    /// must do on joining (dropping records below the GC horizon) is done before copies land;
-    /// until then it answers [`ReplicationResponse::NotReady`] and the sender retries.
+    /// A batch of a rebalance copy, sent under the routing snapshot with epoch `epoch` and write
+    /// table version `write`: the receiver applies it (newest version wins) only once it routes
+    /// with a snapshot at least as new in the order of [`RoutingSnapshot::supersedes`], so that
+    /// anything it must do on joining (dropping records below the GC horizon) is done before
+    /// copies land; until then it answers [`ReplicationResponse::NotReady`] and the sender retries.
     Copy {
         epoch: u64,
+        write: u64,
         records: Vec<ReplicaRecord>,
     },
     /// First round of a cluster-wide `flush_all` (and of a joining server's catch-up): take in
@@ -250,7 +252,12 @@ impl RoutingSnapshot {
     /// newest membership decision, which is also the routing the pair keeps when it joins its
     /// states again (see `cluster::state`).
     pub fn supersedes(&self, held: &RoutingSnapshot) -> bool {
-        (self.write.version(), self.epoch) > (held.write.version(), held.epoch)
+        self.precedence() > held.precedence()
+    }
+
+    /// The order of [`RoutingSnapshot::supersedes`]: write table version, then epoch.
+    pub fn precedence(&self) -> (u64, u64) {
+        (self.write.version(), self.epoch)
     }
 
     /// Shard count of `server` (1 when unknown).
