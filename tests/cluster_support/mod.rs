@@ -34,6 +34,8 @@ pub struct Seen {
     pub shards: u16,
     /// Every progress report received, in order.
     pub progress: Vec<PhaseProgress>,
+    /// Keepalives received.
+    pub keepalives: u64,
 }
 
 #[derive(Default)]
@@ -215,6 +217,12 @@ impl FakeManager {
         }
     }
 
+    /// Keepalives received from `server` so far.
+    pub fn keepalives_of(&self, server: SocketAddr) -> u64 {
+        let state = self.state.lock().expect("lock");
+        state.servers.get(&server).map_or(0, |s| s.keepalives)
+    }
+
     pub fn progress_of(&self, server: SocketAddr) -> Vec<PhaseProgress> {
         let state = self.state.lock().expect("lock");
         state
@@ -287,6 +295,7 @@ fn answer(state: &Mutex<FakeState>, request: ManagerRequest) -> ManagerResponse 
             progress,
         } => {
             let seen = state.servers.entry(addr).or_default();
+            seen.keepalives += 1;
             seen.stream_port = stream_port;
             seen.shards = shards;
             seen.progress.extend(progress);
