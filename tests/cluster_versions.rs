@@ -246,3 +246,74 @@ fn tombstones_are_collected_only_below_the_gc_horizon() {
         "a tombstone above the horizon was collected"
     );
 }
+
+/// The two sides of a split manager pair offer different snapshots; a server follows the newer
+/// write table whatever the epochs say, and takes a rebalance copy only once it routes with the
+/// sender's snapshot or a newer one in that order.
+#[test]
+fn a_newer_epoch_with_an_older_write_table_is_not_adopted_and_copies_wait_in_that_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeManager::start();
+    let servers = start_servers(&fake, dir.path(), 1, &[]);
+    let logs = || logs_of(&servers.iter().collect::<Vec<_>>());
+    let nodes = all_active(&servers);
+    let older = fake.table(&nodes);
+    let held = fake.settle(&nodes);
+    adopted(&[&servers[0]], &held);
+    let addr = servers[0].addr;
+    let mut client = DataClient::connect(addr);
+    let whs = |client: &mut DataClient| stat(client, "whs_version");
+    assert_eq!(whs(&mut client), held.write.version());
+
+    // An older write table under a newer epoch, offered on every keepalive.
+    let stale = fake.publish(|s| {
+        s.write = older.clone();
+        s.read = older.clone();
+    });
+    assert!(stale.epoch > held.epoch && stale.write.version() < held.write.version());
+    let seen = fake.keepalives_of(addr);
+    wait_or(
+        "two keepalives answered with it",
+        Duration::from_secs(10),
+        logs,
+        || fake.keepalives_of(addr) >= seen + 2,
+    );
+    assert_eq!(whs(&mut client), held.write.version(), "{}", logs());
+    assert_eq!(stat(&mut client, "routing_epoch"), held.epoch);
+
+    let mut peer = PeerConn::open(addr, None);
+    let mut copy = |epoch: u64, write: u64, key: &str| {
+        let records = vec![record(key, "copied", version_at(wall_ms()), false)];
+        peer.call(&ReplicationRequest::Copy {
+            epoch,
+            write,
+            records,
+        })
+    };
+    let (e, w) = (held.epoch, held.write.version());
+    // Sent under a newer write table (even with an older epoch): not ready.
+    assert!(matches!(
+        copy(e - 1, w + 1, "copy-newer-table"),
+        ReplicationResponse::NotReady { .. }
+    ));
+    // Same table, newer epoch: not ready either.
+    assert!(matches!(
+        copy(e + 1, w, "copy-newer-epoch"),
+        ReplicationResponse::NotReady { .. }
+    ));
+    // The held snapshot, or an older write table under any epoch: applied.
+    for (epoch, write, key) in [
+        (e, w, "copy-same"),
+        (stale.epoch, older.version(), "copy-older"),
+    ] {
+        assert!(matches!(
+            copy(epoch, write, key),
+            ReplicationResponse::Ack { applied: 1, .. }
+        ));
+    }
+    assert_eq!(
+        value_of(&client.get("copy-same")).map(|v| v.0),
+        Some("copied".into())
+    );
+    assert_eq!(value_of(&client.get("copy-newer-table")), None);
+}

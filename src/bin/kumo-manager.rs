@@ -24,6 +24,12 @@ const SPECS: &[OptSpec] = &[
         "the other manager of the pair",
     ),
     OptSpec::value(
+        "",
+        "--partner-via",
+        "addr[:19700]",
+        "dial the partner here instead of at -p (a proxy or address translation in between)",
+    ),
+    OptSpec::value(
         "-s",
         "--state-dir",
         "dir",
@@ -81,6 +87,13 @@ fn start(parsed: &Parsed) -> Result<(), String> {
     if partner == Some(listen) {
         return Err("-p names this manager itself; give the other manager's address".into());
     }
+    let partner_via = match parsed.get("partner-via") {
+        Some(_) if partner.is_none() => {
+            return Err("--partner-via needs -p (the partner's own address)".into())
+        }
+        Some(text) => Some(cli::parse_peer_addr(text, DEFAULT_PORT).map_err(|e| e.0)?),
+        None => None,
+    };
     let secs = |long: &str, default: f64| -> Result<Duration, String> {
         let v: f64 = parsed.parse_or(long, default).map_err(|e| e.0)?;
         if !(v.is_finite() && v > 0.0 && v < 1e6) {
@@ -138,6 +151,7 @@ fn start(parsed: &Parsed) -> Result<(), String> {
     let config = ManagerConfig {
         listen,
         partner,
+        partner_via,
         membership,
         store,
         initial,

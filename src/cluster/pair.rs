@@ -11,7 +11,9 @@
 //!
 //! A partition between the two managers (each still reaching servers) makes both drive; the join of
 //! their states when the partition heals keeps the newest routing, so they converge, but decisions
-//! made on the losing side in the meantime are superseded. kumofs has the same limit.
+//! made on the losing side in the meantime are superseded. kumofs has the same limit. Meanwhile
+//! servers and gateways, which hear both sides, follow the side with the newer write table (see
+//! `RoutingSnapshot::supersedes`), the one the join will keep, not whichever side changed last.
 
 use std::net::SocketAddr;
 

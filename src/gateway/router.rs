@@ -82,7 +82,7 @@ impl Router {
 
     /// Adopts `snapshot` if it is newer than the one held; returns whether it did.
     pub fn adopt(&self, snapshot: RoutingSnapshot) -> bool {
-        if snapshot.epoch <= self.snapshot.borrow().epoch {
+        if !snapshot.supersedes(&self.snapshot.borrow()) {
             return false;
         }
         crate::info!(

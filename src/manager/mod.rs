@@ -37,8 +37,12 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub struct ManagerConfig {
     /// The address other nodes use to reach this manager (`-l`).
     pub listen: SocketAddr,
-    /// The other manager of the pair (`-p`).
+    /// The other manager of the pair (`-p`): its name, the address it listens on.
     pub partner: Option<SocketAddr>,
+    /// Where to dial the partner when that is not its name (`--partner-via`: a proxy or an
+    /// address translation in between). The pair still knows the partner by `partner`: it is what
+    /// the partner calls itself in its syncs, and what decides which manager has priority.
+    pub partner_via: Option<SocketAddr>,
     pub membership: MembershipConfig,
     /// Where the state is written on every change.
     pub store: StateStore,
@@ -97,7 +101,9 @@ async fn serve(config: ManagerConfig, listener: Listener, ctx: ShardContext<()>)
                 return;
             }
         };
-        let partner = config.partner.map(partner_client);
+        let partner = config
+            .partner
+            .map(|p| partner_client(config.partner_via.unwrap_or(p)));
         ManagerService::new(membership, started, config.store.clone(), partner)
     };
     crate::info!(
@@ -107,13 +113,18 @@ async fn serve(config: ManagerConfig, listener: Listener, ctx: ShardContext<()>)
     );
     let stop = ctx.shutdown_signal();
     if let Some(partner_addr) = config.partner {
-        crate::info!("partner manager {partner_addr}");
+        let dial = config.partner_via.unwrap_or(partner_addr);
+        if dial == partner_addr {
+            crate::info!("partner manager {partner_addr}");
+        } else {
+            crate::info!("partner manager {partner_addr}, reached through {dial}");
+        }
         let (waker, woken) = local_channel::new_bounded::<()>(1);
         service.set_sync_waker(waker);
         // Its own connection, so a forwarded command never waits behind a sync or the reverse.
         runtime::spawn(partner::sync_loop(
             service.clone(),
-            partner_client(partner_addr),
+            partner_client(dial),
             woken,
             stop.clone(),
         ));

@@ -115,9 +115,12 @@ impl ManagerService {
         self.publish();
     }
 
+    /// The snapshot, unless the asker holds this very epoch. An asker with a newer epoch gets it
+    /// too: that epoch may come from the other side of a split pair with an older write table, and
+    /// only the asker can tell which one it follows (see `RoutingSnapshot::supersedes`).
     fn routing_since(&self, known: u64) -> ManagerResponse {
         let snapshot = self.snapshot.borrow();
-        if snapshot.epoch > known {
+        if snapshot.epoch != known {
             ManagerResponse::Routing((**snapshot).clone())
         } else {
             ManagerResponse::UpToDate

@@ -124,12 +124,14 @@ pub struct ReplicaRecord {
 pub enum ReplicationRequest {
     /// Apply these records (write replication or rebalance copy), newest version wins.
     Replicate { records: Vec<ReplicaRecord> },
-    /// A batch of a rebalance copy, sent under routing epoch `epoch`: the receiver applies it
-    /// (newest version wins) only once it routes with an epoch at least as new, so that anything it
-    /// must do on joining (dropping records below the GC horizon) is done before copies land;
-    /// until then it answers [`ReplicationResponse::NotReady`] and the sender retries.
+    /// A batch of a rebalance copy, sent under the routing snapshot with epoch `epoch` and write
+    /// table version `write`: the receiver applies it (newest version wins) only once it routes
+    /// with a snapshot at least as new in the order of [`RoutingSnapshot::supersedes`], so that
+    /// anything it must do on joining (dropping records below the GC horizon) is done before
+    /// copies land; until then it answers [`ReplicationResponse::NotReady`] and the sender retries.
     Copy {
         epoch: u64,
+        write: u64,
         records: Vec<ReplicaRecord>,
     },
     /// First round of a cluster-wide `flush_all` (and of a joining server's catch-up): take in
@@ -166,9 +168,10 @@ pub enum ReplicationResponse {
 /// client can compute a key's core on it), and the rebalance in progress, if any.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingSnapshot {
-    /// Stamped by the manager on every change (a hybrid-logical-clock value): a receiver adopts a
-    /// snapshot whose epoch is newer than its own. Table versions alone do not do, because switching
-    /// reads to the write table at the end of a rebalance changes no table version.
+    /// Stamped by the manager on every change (a hybrid-logical-clock value). A receiver adopts a
+    /// snapshot with a newer write table, or the same write table under a newer epoch (see
+    /// [`RoutingSnapshot::supersedes`]). Table versions alone do not do, because switching reads to
+    /// the write table at the end of a rebalance changes no table version.
     pub epoch: u64,
     pub write: RoutingTable,
     pub read: RoutingTable,
@@ -239,6 +242,24 @@ impl RoutingSnapshot {
         }
     }
 
+    /// Whether a server or gateway holding `held` adopts `self`: a newer write table wins, and
+    /// under the same write table the newer epoch. The epoch alone is not enough when the two
+    /// managers of a pair are cut off from each other: both drive, and the side whose state changed
+    /// last (its GC horizon moved, say) has the newest epoch while the other side attached or
+    /// detached servers. Following the epoch, servers and gateways would switch between the two
+    /// sides' tables on every change, writing under one and reading under the other, and a
+    /// rebalance on either side could never finish. Ordered by write table first they follow the
+    /// newest membership decision, which is also the routing the pair keeps when it joins its
+    /// states again (see `cluster::state`).
+    pub fn supersedes(&self, held: &RoutingSnapshot) -> bool {
+        self.precedence() > held.precedence()
+    }
+
+    /// The order of [`RoutingSnapshot::supersedes`]: write table version, then epoch.
+    pub fn precedence(&self) -> (u64, u64) {
+        (self.write.version(), self.epoch)
+    }
+
     /// Shard count of `server` (1 when unknown).
     pub fn shards_of(&self, server: &SocketAddr) -> usize {
         self.shards
@@ -252,8 +273,8 @@ impl RoutingSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ManagerRequest {
     /// A server announces itself and says it is alive (sent every keepalive interval): its data
-    /// address, stream port for rebalance copies, shard count, and the routing version it has.
-    /// The manager answers with [`ManagerResponse::Routing`] when it has a newer one.
+    /// address, stream port for rebalance copies, shard count, and the routing epoch it has.
+    /// The manager answers with [`ManagerResponse::Routing`] when its epoch is another one.
     KeepAlive {
         addr: SocketAddr,
         stream_port: u16,
@@ -262,7 +283,8 @@ pub enum ManagerRequest {
         /// Progress of the rebalance phase this server is running, if any.
         progress: Option<PhaseProgress>,
     },
-    /// A gateway (or tool) asks for the routing snapshot if newer than `known_version`.
+    /// A gateway (or tool) asks for the routing snapshot unless it holds epoch `known_version`
+    /// (the asker decides whether to adopt it: [`RoutingSnapshot::supersedes`]).
     GetRouting {
         known_version: u64,
     },
@@ -316,7 +338,7 @@ pub enum ManagerRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ManagerResponse {
     Ok,
-    /// The caller already has the newest routing.
+    /// The caller holds this manager's epoch already.
     UpToDate,
     Routing(RoutingSnapshot),
     Status(Box<StatusReport>),
@@ -329,4 +351,34 @@ pub enum ManagerResponse {
         state: Box<ClusterState>,
         view: PartnerView,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::NodeState;
+
+    fn snapshot(write: u64, epoch: u64) -> RoutingSnapshot {
+        let node = SocketAddr::from(([127, 0, 0, 1], 19800));
+        let table = RoutingTable::new(write, vec![(node, NodeState::Active)]).unwrap();
+        RoutingSnapshot {
+            epoch,
+            write: table.clone(),
+            read: table,
+            ..RoutingSnapshot::empty()
+        }
+    }
+
+    #[test]
+    fn a_newer_write_table_supersedes_whatever_the_epoch() {
+        let held = snapshot(10, 100);
+        // The other side of a split pair: an older write table under a newer epoch.
+        assert!(!snapshot(9, 200).supersedes(&held));
+        assert!(snapshot(11, 50).supersedes(&held));
+        // Same write table: the epoch decides (the end of a rebalance changes no table version).
+        assert!(snapshot(10, 101).supersedes(&held));
+        assert!(!snapshot(10, 100).supersedes(&held));
+        assert!(!snapshot(10, 99).supersedes(&held));
+        assert!(snapshot(1, 1).supersedes(&RoutingSnapshot::empty()));
+    }
 }

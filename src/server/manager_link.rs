@@ -4,8 +4,10 @@
 //! Every [`KEEPALIVE_INTERVAL`], shard 0 sends `KeepAlive { addr, stream_port, shards,
 //! routing_version, progress }` to every manager (`-m` and `-p`), where `routing_version` is the
 //! epoch of the snapshot it holds and `progress` the rebalance phase it is running, if any. A
-//! manager with a newer snapshot answers `Routing(snapshot)`; shard 0 adopts it and sends it to
-//! every other shard over the mesh. A manager that is down costs one failed call per round and a
+//! manager with another epoch answers `Routing(snapshot)`; if that snapshot supersedes the one
+//! held (a newer write table, or the same one under a newer epoch: the two sides of a split
+//! manager pair may offer different ones), shard 0 adopts it and sends it to every other shard
+//! over the mesh. A manager that is down costs one failed call per round and a
 //! warning when it goes away; the server keeps serving with the snapshot it has.
 //!
 //! # Rejoin without resurrection
@@ -164,7 +166,7 @@ async fn keepalive_loop(
                 reachable = true;
                 // Adopting may take a while (the rejoin drop walks the store): it runs on its own
                 // so that keepalives go on meanwhile (the manager would judge us down otherwise).
-                if snapshot.epoch > shard.routing().epoch && !link.adopting.replace(true) {
+                if snapshot.supersedes(&shard.routing()) && !link.adopting.replace(true) {
                     let (shard, link, wake) = (shard.clone(), link.clone(), wake.clone());
                     runtime::spawn(async move {
                         if adopt(&shard, &link, snapshot).await {
@@ -194,7 +196,7 @@ async fn keepalive_loop(
 /// The caller holds `link.adopting`, so only one adoption runs at a time; a snapshot that arrives
 /// meanwhile is offered again by the next keepalive answer.
 async fn adopt(shard: &Rc<Shard>, link: &Link, snapshot: RoutingSnapshot) -> bool {
-    if snapshot.epoch <= shard.routing().epoch {
+    if !snapshot.supersedes(&shard.routing()) {
         return false;
     }
     match prepare(shard, link, &snapshot).await {

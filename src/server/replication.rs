@@ -15,7 +15,7 @@
 //! shard's clock stays ahead of anything it has stored. Records of keys owned by another core of
 //! this server (a sender with a stale shard count) are passed to that core over the mesh. A
 //! rebalance [`ReplicationRequest::Copy`] is applied the same way once this shard routes with the
-//! sender's epoch. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
+//! sender's snapshot or a newer one. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -169,10 +169,14 @@ pub(crate) async fn send_records(
 pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> ReplicationResponse {
     match request {
         ReplicationRequest::Replicate { records } => apply(shard, records).await,
-        ReplicationRequest::Copy { epoch, records } => {
-            let mine = shard.routing().epoch;
-            if mine < epoch {
-                return ReplicationResponse::NotReady { epoch: mine };
+        ReplicationRequest::Copy {
+            epoch,
+            write,
+            records,
+        } => {
+            let mine = shard.routing();
+            if mine.precedence() < (write, epoch) {
+                return ReplicationResponse::NotReady { epoch: mine.epoch };
             }
             let count = records.len() as u64;
             let answer = apply(shard, records).await;

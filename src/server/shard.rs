@@ -178,7 +178,7 @@ impl Shard {
     pub fn adopt_routing(&self, snapshot: RoutingSnapshot) -> bool {
         self.observe_version(snapshot.epoch);
         let mut current = self.routing.borrow_mut();
-        if snapshot.epoch <= current.epoch {
+        if !snapshot.supersedes(&current) {
             return false;
         }
         *current = Rc::new(snapshot);

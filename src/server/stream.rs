@@ -95,6 +95,7 @@ pub(crate) async fn send_copy(
     let client = shard.peers.get(shard.me(), to, peer_shard);
     let request = ReplicationRequest::Copy {
         epoch: routing.epoch,
+        write: routing.write.version(),
         records,
     };
     match client

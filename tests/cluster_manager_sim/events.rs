@@ -112,6 +112,7 @@ impl Sim {
                 if srv.up {
                     srv.up = false;
                     srv.down_since = Some(self.now);
+                    srv.write = 0;
                     srv.epoch = 0;
                     srv.rebalance = None;
                     srv.backup = None;

@@ -55,6 +55,9 @@ pub enum Msg {
         to: usize,
         /// Active servers of the read table: who sends what in a copy depends on them.
         read_active: Vec<SocketAddr>,
+        /// Version of the write table: a server adopts a newer write table, or the same one under
+        /// a newer epoch (`RoutingSnapshot::supersedes`).
+        write: u64,
         epoch: u64,
         rebalance: Option<Rebalance>,
         backup: Option<BackupOrder>,
@@ -102,6 +105,7 @@ pub struct Mgr {
 pub struct Srv {
     pub addr: SocketAddr,
     pub up: bool,
+    pub write: u64,
     pub epoch: u64,
     pub rebalance: Option<Rebalance>,
     pub read_active: Vec<SocketAddr>,
@@ -211,6 +215,7 @@ impl Sim {
         self.srvs.push(Srv {
             addr: SocketAddr::from(([10, 0, 1, n as u8], 19800)),
             up: true,
+            write: 0,
             epoch: 0,
             rebalance: None,
             read_active: Vec::new(),
@@ -442,6 +447,7 @@ impl Sim {
                 if state.epoch > epoch {
                     let msg = Msg::Snapshot {
                         to: from,
+                        write: state.routing.write.version,
                         epoch: state.epoch,
                         rebalance: state.routing.rebalance.clone(),
                         read_active: state.routing.read.active().collect(),
@@ -452,13 +458,15 @@ impl Sim {
             }
             Msg::Snapshot {
                 to,
+                write,
                 epoch,
                 rebalance,
                 read_active,
                 backup,
             } => {
                 let srv = &mut self.srvs[to];
-                if srv.up && epoch > srv.epoch {
+                if srv.up && (write, epoch) > (srv.write, srv.epoch) {
+                    srv.write = write;
                     srv.epoch = epoch;
                     srv.rebalance = rebalance;
                     srv.read_active = read_active;

@@ -34,6 +34,8 @@ pub struct Seen {
     pub shards: u16,
     /// Every progress report received, in order.
     pub progress: Vec<PhaseProgress>,
+    /// Keepalives received.
+    pub keepalives: u64,
 }
 
 #[derive(Default)]
@@ -215,6 +217,12 @@ impl FakeManager {
         }
     }
 
+    /// Keepalives received from `server` so far.
+    pub fn keepalives_of(&self, server: SocketAddr) -> u64 {
+        let state = self.state.lock().expect("lock");
+        state.servers.get(&server).map_or(0, |s| s.keepalives)
+    }
+
     pub fn progress_of(&self, server: SocketAddr) -> Vec<PhaseProgress> {
         let state = self.state.lock().expect("lock");
         state
@@ -287,6 +295,7 @@ fn answer(state: &Mutex<FakeState>, request: ManagerRequest) -> ManagerResponse 
             progress,
         } => {
             let seen = state.servers.entry(addr).or_default();
+            seen.keepalives += 1;
             seen.stream_port = stream_port;
             seen.shards = shards;
             seen.progress.extend(progress);
@@ -614,6 +623,18 @@ impl RealCluster {
 
     /// Like [`RealCluster::start`], with more options for the manager.
     pub fn start_with(n: usize, args: &[&str], manager_args: &[&str]) -> RealCluster {
+        let mut cluster = RealCluster::manager_only(manager_args);
+        for _ in 0..n {
+            cluster.add_server(args);
+        }
+        cluster.attach();
+        cluster.start_gateway();
+        cluster
+    }
+
+    /// Just the manager (fault window 0.5 s x 3 unless `manager_args` say otherwise): servers
+    /// and the gateway are added by [`RealCluster::add_server`] and [`RealCluster::start_gateway`].
+    pub fn manager_only(manager_args: &[&str]) -> RealCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let manager_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut margs: Vec<String> = vec!["-v".into(), "-l".into(), manager_addr.to_string()];
@@ -624,35 +645,34 @@ impl RealCluster {
         margs.extend(manager_args.iter().map(|s| s.to_string()));
         let manager = Daemon::spawn("manager", &bin("kumo-manager"), &margs, dir.path());
         wait_for_port(manager_addr);
-        let mut cluster = RealCluster {
+        RealCluster {
             dir,
             manager_addr,
             manager,
             gateway_addr: None,
             gateway: None,
             servers: Vec::new(),
-        };
-        for _ in 0..n {
-            cluster.add_server(args);
         }
-        cluster.attach();
+    }
+
+    /// Starts the gateway (text protocol) and waits for its port.
+    pub fn start_gateway(&mut self) {
         let gateway_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let gargs: Vec<String> = vec![
             "-v".into(),
             "-m".into(),
-            manager_addr.to_string(),
+            self.manager_addr.to_string(),
             "-t".into(),
             gateway_addr.to_string(),
         ];
-        cluster.gateway = Some(Daemon::spawn(
+        self.gateway = Some(Daemon::spawn(
             "gateway",
             &bin("kumo-gateway"),
             &gargs,
-            cluster.dir.path(),
+            self.dir.path(),
         ));
         wait_for_port(gateway_addr);
-        cluster.gateway_addr = Some(gateway_addr);
-        cluster
+        self.gateway_addr = Some(gateway_addr);
     }
 
     pub fn manager(&self) -> SocketAddr {
@@ -665,8 +685,14 @@ impl RealCluster {
 
     /// Starts one more server and waits until the manager lists it (not attached).
     pub fn add_server(&mut self, args: &[&str]) -> usize {
+        self.add_server_via(self.manager(), args)
+    }
+
+    /// Like [`RealCluster::add_server`], with the server told to reach the manager at `manager`
+    /// (a proxy in front of it, say).
+    pub fn add_server_via(&mut self, manager: SocketAddr, args: &[&str]) -> usize {
         let name = format!("s{}", self.servers.len() + 1);
-        let server = ServerProc::start(&name, self.dir.path(), self.manager(), args);
+        let server = ServerProc::start(&name, self.dir.path(), manager, args);
         self.wait_listed(server.addr);
         self.servers.push(server);
         self.servers.len() - 1
@@ -742,59 +768,70 @@ impl RealCluster {
 
     /// The servers `kumohash -m MANAGER assign` lists for each key, with whether they are active.
     pub fn assign(&self, keys: &[String]) -> Vec<Vec<(SocketAddr, bool)>> {
-        let mut args = vec![
-            "-m".to_string(),
-            self.manager().to_string(),
-            "assign".into(),
-            "--json".into(),
-        ];
-        args.extend(keys.iter().cloned());
-        let out = crate::support::run_tool("kumohash", &args);
-        assert!(
-            out.status.success(),
-            "kumohash: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).expect("kumohash json");
-                v["servers"]
-                    .as_array()
-                    .expect("servers")
-                    .iter()
-                    .map(|s| {
-                        let addr = s["server"].as_str().expect("server").parse().expect("addr");
-                        (addr, s["state"] == "active")
-                    })
-                    .collect()
-            })
-            .collect()
+        assign(self.manager(), keys)
     }
 
     /// Checks that every key is on each of its active owners with `value_of(key)`.
     pub fn check_copies(&self, keys: &[String], value_of_key: impl Fn(&str) -> String) {
-        let mut clients: BTreeMap<SocketAddr, crate::server_support::DataClient> = BTreeMap::new();
-        for chunk in keys.chunks(200) {
-            for (key, owners) in chunk.iter().zip(self.assign(chunk)) {
-                let active: Vec<SocketAddr> =
-                    owners.iter().filter(|(_, a)| *a).map(|(s, _)| *s).collect();
+        check_copies(self.manager(), keys, value_of_key)
+    }
+}
+
+/// The servers `kumohash -m MANAGER assign` lists for each key, with whether they are active.
+pub fn assign(manager: SocketAddr, keys: &[String]) -> Vec<Vec<(SocketAddr, bool)>> {
+    let mut args = vec![
+        "-m".to_string(),
+        manager.to_string(),
+        "assign".into(),
+        "--json".into(),
+    ];
+    args.extend(keys.iter().cloned());
+    let out = crate::support::run_tool("kumohash", &args);
+    assert!(
+        out.status.success(),
+        "kumohash: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("kumohash json");
+            v["servers"]
+                .as_array()
+                .expect("servers")
+                .iter()
+                .map(|s| {
+                    let addr = s["server"].as_str().expect("server").parse().expect("addr");
+                    (addr, s["state"] == "active")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks that every key is on each of its 3 active owners (as `manager` routes) with
+/// `value_of(key)`.
+pub fn check_copies(manager: SocketAddr, keys: &[String], value_of_key: impl Fn(&str) -> String) {
+    let mut clients: BTreeMap<SocketAddr, crate::server_support::DataClient> = BTreeMap::new();
+    for chunk in keys.chunks(200) {
+        for (key, owners) in chunk.iter().zip(assign(manager, chunk)) {
+            let active: Vec<SocketAddr> =
+                owners.iter().filter(|(_, a)| *a).map(|(s, _)| *s).collect();
+            assert_eq!(
+                active.len(),
+                3,
+                "{key} has {} active owners: {owners:?}",
+                active.len()
+            );
+            for owner in active {
+                let client = clients
+                    .entry(owner)
+                    .or_insert_with(|| crate::server_support::DataClient::connect(owner));
                 assert_eq!(
-                    active.len(),
-                    3,
-                    "{key} has {} active owners: {owners:?}",
-                    active.len()
+                    crate::server_support::value_of(&client.get(key)).map(|v| v.0),
+                    Some(value_of_key(key)),
+                    "{key} on {owner}"
                 );
-                for owner in active {
-                    let client = clients
-                        .entry(owner)
-                        .or_insert_with(|| crate::server_support::DataClient::connect(owner));
-                    assert_eq!(
-                        crate::server_support::value_of(&client.get(key)).map(|v| v.0),
-                        Some(value_of_key(key)),
-                        "{key} on {owner}"
-                    );
-                }
             }
         }
     }

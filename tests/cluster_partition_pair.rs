@@ -1,0 +1,397 @@
+//! The manager pair split by a cut, with real processes: each manager reaches its partner only
+//! through a fault proxy (`kumo-manager -p PARTNER --partner-via PROXY`), while servers, the
+//! gateway and kumoctl reach both directly. Cutting both proxies splits the pair and nothing else.
+//!
+//! - Split, both managers drive and keep serving; a server attached through one of them; the other
+//!   side keeps changing its own state (its GC horizon moves every second) and must not pull the
+//!   servers back to its older table; healed, both converge on the same routing, every server
+//!   follows it, no acknowledged write is lost and every key has its three copies.
+//! - (ignored, a known defect) the same, then two of the old servers lost during the split and
+//!   marked fault last by the side that did not attach: its routing wins and the attach is undone
+//!   after its drop phase ran, losing acknowledged writes.
+
+mod cluster_manager_support;
+mod cluster_support;
+mod fault_proxy;
+mod server_support;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cluster_manager_support::{local, manager_addr, start_manager, status};
+use cluster_support::{check_copies, read_all, wait_adopted, wait_or, ServerProc, Writer};
+use fault_proxy::{FaultProxy, Mode};
+use kumofs::cluster::membership::StatusReport;
+use kumofs::cluster::pair::Role;
+use kumofs::ring::NodeState;
+use server_support::DataClient;
+use support::{bin, free_port, kumoctl, wait_for_port, Daemon};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Two managers linked through proxies, servers and a gateway (text protocol) using both.
+struct SplitPair {
+    dir: tempfile::TempDir,
+    /// The manager with the smaller address (it drives while the pair is whole) and the other.
+    first: SocketAddr,
+    second: SocketAddr,
+    to_first: FaultProxy,
+    to_second: FaultProxy,
+    _managers: Vec<Daemon>,
+    servers: Vec<ServerProc>,
+    gateway: Option<Daemon>,
+    text: SocketAddr,
+}
+
+impl SplitPair {
+    /// `first_args` and `second_args` are more options for each manager; `n` servers attached.
+    fn start(n: usize, first_args: &[&str], second_args: &[&str]) -> SplitPair {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = (manager_addr(), manager_addr());
+        let (first, second) = (x.min(y), x.max(y));
+        let to_first = FaultProxy::start(first);
+        let to_second = FaultProxy::start(second);
+        let start =
+            |name: &str, me: SocketAddr, partner: SocketAddr, via: SocketAddr, more: &[&str]| {
+                let via = via.to_string();
+                let mut args = vec!["--partner-via", via.as_str()];
+                args.extend_from_slice(more);
+                start_manager(
+                    dir.path(),
+                    name,
+                    me,
+                    Some(partner),
+                    &dir.path().join(name),
+                    &args,
+                )
+            };
+        let managers = vec![
+            start("first", first, second, to_second.addr, first_args),
+            start("second", second, first, to_first.addr, second_args),
+        ];
+        let mut pair = SplitPair {
+            text: local(free_port()),
+            gateway: None,
+            dir,
+            first,
+            second,
+            to_first,
+            to_second,
+            _managers: managers,
+            servers: Vec::new(),
+        };
+        for _ in 0..n {
+            pair.add_server();
+        }
+        assert_eq!(kumoctl(first, &["attach"]), "");
+        for m in [first, second] {
+            pair.wait(&format!("{n} servers attached, pair in touch"), || {
+                status(m).is_some_and(|r| settled_with(&r, n) && partner_reachable(&r))
+            });
+        }
+        // The sync really runs through the proxies.
+        for p in [&pair.to_first, &pair.to_second] {
+            assert!(
+                p.counters()
+                    .forwarded
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+            );
+        }
+        let args: Vec<String> = [
+            "-v",
+            "-m",
+            &first.to_string(),
+            "-p",
+            &second.to_string(),
+            "-t",
+            &pair.text.to_string(),
+            "--cpus",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let gateway = Daemon::spawn("gateway", &bin("kumo-gateway"), &args, pair.dir.path());
+        pair.gateway = Some(gateway);
+        wait_for_port(pair.text);
+        pair
+    }
+
+    /// Starts one more server using both managers; waits until both hear it.
+    fn add_server(&mut self) -> SocketAddr {
+        let args = [
+            "-p".to_string(),
+            self.second.to_string(),
+            "--cpus".into(),
+            "0".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let name = format!("s{}", self.servers.len() + 1);
+        let server = ServerProc::start(&name, self.dir.path(), self.first, &args);
+        let addr = server.addr;
+        self.servers.push(server);
+        for m in [self.first, self.second] {
+            self.wait(&format!("both managers to hear {addr}"), || {
+                status(m).is_some_and(|r| {
+                    r.not_attached.contains(&addr) || r.write.state_of(addr).is_some()
+                })
+            });
+        }
+        addr
+    }
+
+    /// Breaks the link both ways (`Mode::Cut` or `Mode::Blackhole`) and waits until each manager
+    /// drives on its own.
+    fn split(&self, mode: Mode) {
+        self.to_first.set_mode(mode);
+        self.to_second.set_mode(mode);
+        for m in [self.first, self.second] {
+            self.wait("both managers to drive alone", || {
+                status(m).is_some_and(|r| r.role == Role::Leader && !partner_reachable(&r))
+            });
+            assert!(kumoctl(m, &["status"]).contains("unreachable"));
+        }
+    }
+
+    /// Heals the link and waits until both managers hold the same state again.
+    fn heal(&self) {
+        self.to_first.heal();
+        self.to_second.heal();
+        self.wait("the pair to converge", || {
+            match (status(self.first), status(self.second)) {
+                (Some(x), Some(y)) => {
+                    x.epoch == y.epoch
+                        && x.write == y.write
+                        && partner_reachable(&x)
+                        && partner_reachable(&y)
+                }
+                _ => false,
+            }
+        });
+    }
+
+    fn wait(&self, what: &str, cond: impl FnMut() -> bool) {
+        wait_or(what, WAIT, || self.logs(), cond)
+    }
+
+    fn logs(&self) -> String {
+        let mut paths: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        let mut out = String::new();
+        for path in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            out.push_str(&format!("--- {}\n{text}", path.display()));
+        }
+        out
+    }
+}
+
+fn settled_with(report: &StatusReport, n: usize) -> bool {
+    report.write.active().count() == n && report.rebalance.is_none() && report.read == report.write
+}
+
+fn partner_reachable(report: &StatusReport) -> bool {
+    report.partner.as_ref().is_some_and(|p| p.reachable)
+}
+
+fn server_stat(addr: SocketAddr, name: &str) -> String {
+    DataClient::connect(addr)
+        .stats()
+        .remove(name)
+        .unwrap_or_else(|| panic!("{addr} has no stat {name}"))
+}
+
+/// `kumoctl MANAGER status --json`, parsed.
+fn status_json(manager: SocketAddr) -> serde_json::Value {
+    let out = kumoctl(manager, &["status", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json of {manager}: {e}: {out}"))
+}
+
+/// What both managers of a pair must agree on once synced: everything but who answers.
+fn shared_view(status: &serde_json::Value) -> serde_json::Value {
+    let mut v = status.clone();
+    if let Some(map) = v.as_object_mut() {
+        for field in ["manager", "role", "partner", "warnings", "progress"] {
+            map.remove(field);
+        }
+    }
+    v
+}
+
+/// Checks what the writer saw and that every acknowledged key is readable with three copies.
+fn check_nothing_lost(pair: &SplitPair, writer: Writer) {
+    let report = writer.finish();
+    assert!(
+        report.lost.is_empty(),
+        "lost writes: {:?}\n{}",
+        report.lost,
+        pair.logs()
+    );
+    assert!(
+        report.errors.is_empty(),
+        "{} client errors, first: {:?}\n{}",
+        report.errors.len(),
+        &report.errors[..report.errors.len().min(5)],
+        pair.logs()
+    );
+    let bad = read_all(pair.text, &report.acked, Writer::value);
+    assert!(
+        bad.is_empty(),
+        "{} of {} acknowledged keys unreadable: {:?}",
+        bad.len(),
+        report.acked.len(),
+        &bad[..bad.len().min(5)]
+    );
+    check_copies(pair.first, &report.acked, Writer::value);
+    check_copies(pair.second, &report.acked, Writer::value);
+}
+
+#[test]
+fn the_manager_pair_split_by_a_cut_keeps_serving_and_converges_after_the_heal() {
+    split_attach_heal(Mode::Cut);
+}
+
+/// The same with the link silently dropping everything: the managers only notice the split
+/// through their call timeouts, and find each other again when the link heals.
+#[test]
+fn the_manager_pair_split_by_a_blackhole_keeps_serving_and_converges_after_the_heal() {
+    split_attach_heal(Mode::Blackhole);
+}
+
+fn split_attach_heal(mode: Mode) {
+    // `--gc-lag 4`: the horizon of a settled side advances every second.
+    let timing = ["-Ys", "0.5", "-Yn", "4", "--gc-lag", "4"];
+    let mut pair = SplitPair::start(3, &timing, &timing);
+    let writer = Writer::start(pair.text, "pair");
+    writer.wait_more(100, WAIT);
+
+    pair.split(mode);
+    writer.wait_more(100, WAIT);
+
+    // A fourth server, attached through the manager that follows while the pair is whole.
+    let (through, other) = (pair.second, pair.first);
+    pair.add_server();
+    assert_eq!(kumoctl(through, &["attach"]), "");
+    pair.wait("the attach to finish on its side", || {
+        status(through).is_some_and(|r| settled_with(&r, 4))
+    });
+    // The other side never heard of it: the split is real.
+    let apart = status(other).expect("status");
+    assert_eq!(apart.write.active().count(), 3, "{apart:?}");
+
+    // The other side goes on with its own duties: each horizon step is a new state there, with a
+    // newer epoch than the attach side's at times. Servers (and gateways) must keep following the
+    // newer write table, the one the pair keeps when it heals, not whichever side changed last.
+    let attached = status(through).expect("status").write.version;
+    pair.wait("the other side to hold the newest epoch", || {
+        match (status(other), status(through)) {
+            (Some(o), Some(t)) => o.epoch > t.epoch,
+            _ => false,
+        }
+    });
+    // Two more steps there: servers poll both managers every half second meanwhile.
+    for _ in 0..2 {
+        let horizon = status(other).expect("status").gc_horizon;
+        pair.wait("the other side's horizon to advance", || {
+            status(other).is_some_and(|r| r.gc_horizon > horizon)
+        });
+    }
+    for s in &pair.servers {
+        assert_eq!(
+            server_stat(s.addr, "whs_version"),
+            attached.to_string(),
+            "{} routes with the other side's table\n{}",
+            s.addr,
+            pair.logs()
+        );
+    }
+    writer.wait_more(100, WAIT);
+
+    // Heal: both converge on the same routing, with the fourth server in it.
+    pair.heal();
+    pair.wait("the pair to settle with four", || {
+        status(pair.first).is_some_and(|r| settled_with(&r, 4))
+    });
+    // `kumoctl status --json` of both agree but for who answers. Polled: the horizon moves every
+    // second, and the follower learns each step one sync later.
+    let mut last = (serde_json::Value::Null, serde_json::Value::Null);
+    let agreed = (0..100).any(|_| {
+        last = (status_json(pair.first), status_json(pair.second));
+        let same = shared_view(&last.0) == shared_view(&last.1);
+        if !same {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        same
+    });
+    assert!(agreed, "the managers disagree:\n{:#}\n{:#}", last.0, last.1);
+    assert_eq!(status(pair.first).expect("first").role, Role::Leader);
+    assert_eq!(status(pair.second).expect("second").role, Role::Follower);
+    let epoch = status(pair.first).expect("first").epoch;
+    for s in &pair.servers {
+        wait_adopted(s.addr, epoch, || pair.logs());
+    }
+    writer.wait_more(100, WAIT);
+    check_nothing_lost(&pair, writer);
+}
+
+/// While split, a server attached on one side completes its rebalance (its drop phase removes from
+/// each old owner the keys the new server took over); then two of the three old servers die and the
+/// *other* side marks them fault last (its fault window is longer here), so its write table, which
+/// never had the new server, is the newest. Servers and gateways follow it, and so does the pair
+/// when it heals (the routing unit with the newer write table wins the join): every key whose
+/// copies were on the new server and the two dead ones is gone, though only 2 of its 3 servers
+/// failed. Measured: about 1400 of 6500 acknowledged keys read back missing.
+#[test]
+#[ignore = "known defect: a split manager pair keeps one side's routing whole (cluster::state join) \
+            and drops the other side's attach after its drop phase ran; with 2 of a key's 3 \
+            servers lost, acknowledged writes are lost (see the fault-proxy branch report)"]
+fn two_servers_lost_during_the_split_must_not_undo_an_attach_made_on_the_other_side() {
+    // The first manager judges servers down 3 s after their last keepalive, the second after 2 s.
+    let first = ["-Ys", "0.5", "-Yn", "6"];
+    let second = ["-Ys", "0.5", "-Yn", "4"];
+    let mut pair = SplitPair::start(3, &first, &second);
+    let writer = Writer::start(pair.text, "undo");
+    writer.wait_more(100, WAIT);
+    pair.split(Mode::Cut);
+    let (through, other) = (pair.second, pair.first);
+    pair.add_server();
+    assert_eq!(kumoctl(through, &["attach"]), "");
+    pair.wait("the attach to finish on its side", || {
+        status(through).is_some_and(|r| settled_with(&r, 4))
+    });
+    writer.wait_more(200, WAIT);
+    // Two of the three first servers die (a key's copies may be on the fourth and those two).
+    let victims = [pair.servers[1].addr, pair.servers[2].addr];
+    pair.servers[1].kill();
+    pair.servers[2].kill();
+    for m in [through, other] {
+        pair.wait("both sides to mark the lost servers fault", || {
+            status(m).is_some_and(|r| {
+                victims
+                    .iter()
+                    .all(|v| r.write.state_of(*v) == Some(NodeState::Fault))
+            })
+        });
+    }
+    writer.wait_more(100, WAIT);
+    pair.heal();
+    writer.wait_more(100, WAIT);
+    let report = writer.finish();
+    let bad = read_all(pair.text, &report.acked, Writer::value);
+    assert!(
+        report.lost.is_empty() && bad.is_empty(),
+        "{} lost by the writer, {} of {} acknowledged keys unreadable: {:?}\n{}",
+        report.lost.len(),
+        bad.len(),
+        report.acked.len(),
+        &bad[..bad.len().min(5)],
+        pair.logs()
+    );
+}
