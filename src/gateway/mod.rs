@@ -134,7 +134,8 @@ pub trait LocalServer {
     fn routing(&self) -> Rc<RoutingSnapshot>;
     /// Serves a get of a key owned by this very shard from its engine, now, and hands the answer
     /// to `answer`. The caller found this server among the key's owners in [`Self::routing`].
-    fn get_now(&self, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>));
+    /// `newest`: answer as to a `DataRequest::GetNewest` (`Absent` when no record is held).
+    fn get_now(&self, key: &[u8], newest: bool, answer: &mut dyn FnMut(DataResponseRef<'_>));
     /// Any data request to this server, served in-process: on the key's shard (over the mesh when
     /// that is another one), with the server's checks, versioning and replication.
     fn call(&self, request: DataRequest) -> Pin<Box<dyn Future<Output = DataResponse>>>;
