@@ -3,7 +3,7 @@
 mod server_support;
 mod support;
 
-use kumofs::rpc::messages::{Arith, DataResponse, WriteOp};
+use kumofs::rpc::messages::{Arith, DataRequest, DataResponse, WriteOp};
 use server_support::{value_of, DataClient};
 use support::{kumoctl, wait_until, Cluster, READY_TIMEOUT};
 
@@ -161,6 +161,53 @@ fn registers_unattached_then_serves_every_op_after_attach() {
     assert_eq!(newest("never-written"), DataResponse::Absent);
     assert_eq!(newest("a"), DataResponse::NotFound);
     assert_eq!(value_of(&newest("k")).map(|v| v.0), Some("v".into()));
+
+    // The requests of one connection take effect in the order they were sent, even when they
+    // arrive in one read: every write is applied before the requests behind it are served.
+    let shards = server_support::routing(cluster.manager_addr).shards_of(&addr);
+    let hash = kumofs::ring::key_hash(b"ordered");
+    let write = |op, value: &str| DataRequest::Write {
+        hash,
+        key: b"ordered".to_vec(),
+        op,
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        exptime: 0,
+        noreply: false,
+    };
+    let get = DataRequest::Get {
+        hash,
+        key: b"ordered".to_vec(),
+    };
+    let got = server_support::pipelined(
+        addr,
+        kumofs::ring::core_of(hash, shards) as u32,
+        &[
+            write(WriteOp::Set, "1"),
+            write(WriteOp::Append, "2"),
+            get.clone(),
+            write(WriteOp::Incr(Arith::by(1)), ""),
+            get.clone(),
+            write(WriteOp::Delete, ""),
+            get,
+        ],
+    );
+    let values: Vec<Option<String>> = got.iter().map(|r| value_of(r).map(|v| v.0)).collect();
+    assert_eq!(
+        values,
+        [
+            None,
+            None,
+            Some("12".into()),
+            None,
+            Some("13".into()),
+            None,
+            None
+        ],
+        "{got:?}"
+    );
+    assert!(matches!(got[3], DataResponse::Number { value: 13, .. }));
+    assert_eq!(got[6], DataResponse::NotFound);
 
     // A hash that does not match the key is refused, not stored under the wrong shard.
     let bad = client.call(&kumofs::rpc::messages::DataRequest::Get {

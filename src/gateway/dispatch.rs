@@ -453,4 +453,72 @@ mod tests {
         }
         assert_eq!(first_owner(&RoutingTable::empty(), 7), None);
     }
+
+    fn snapshot(write: RoutingTable, read: RoutingTable) -> RoutingSnapshot {
+        RoutingSnapshot {
+            write,
+            read,
+            ..RoutingSnapshot::empty()
+        }
+    }
+
+    #[test]
+    fn reads_follow_the_read_table_except_where_it_cannot_have_the_newest_write() {
+        let active = |n: u16| (addr(n), NodeState::Active);
+        let one = RoutingTable::new(1, vec![active(0)]).unwrap();
+        let four = RoutingTable::new(2, (0..4).map(active).collect()).unwrap();
+        // Settled: the read table's first owner.
+        let settled = snapshot(four.clone(), four.clone());
+        assert!(!is_split(&settled));
+        for i in 0..200u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            let owner = four.coordinator(hash).unwrap();
+            assert_eq!(
+                read_from(&settled, false, hash),
+                Some(ReadFrom::Owner(owner))
+            );
+        }
+        // Right after the first attach the read table is empty: read where writes go.
+        let first = snapshot(one.clone(), RoutingTable::empty());
+        assert!(is_split(&first));
+        assert_eq!(read_from(&first, true, 5), Some(ReadFrom::Owner(addr(0))));
+        // Every owner of the read table is down: the same.
+        let down = RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap();
+        let moved = snapshot(four.clone(), down);
+        assert_eq!(
+            read_from(&moved, true, 5),
+            Some(ReadFrom::Owner(four.coordinator(5).unwrap()))
+        );
+        // Growing from one server to four: keys that move ask their new coordinator first.
+        let growing = snapshot(four.clone(), one);
+        assert!(is_split(&growing));
+        let (mut moving, mut staying) = (0, 0);
+        for i in 0..200u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            let coordinator = four.coordinator(hash).unwrap();
+            match read_from(&growing, true, hash) {
+                Some(ReadFrom::Owner(owner)) => {
+                    assert_eq!((owner, coordinator), (addr(0), addr(0)));
+                    staying += 1;
+                }
+                Some(ReadFrom::Newest {
+                    coordinator: first,
+                    owner,
+                }) => {
+                    assert_eq!((first, owner), (coordinator, addr(0)));
+                    moving += 1;
+                }
+                None => panic!("no owner for {hash}"),
+            }
+        }
+        assert!(moving > 0 && staying > 0, "{moving} {staying}");
+        assert_eq!(
+            read_from(
+                &snapshot(RoutingTable::empty(), RoutingTable::empty()),
+                false,
+                1
+            ),
+            None
+        );
+    }
 }

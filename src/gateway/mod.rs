@@ -33,10 +33,16 @@
 //! # Semantics
 //!
 //! memcached 1.6 as a client sees it: flags and expiry always work (kumofs's `-F`/`-E` are accepted
-//! no-ops), expiry is converted to absolute unix seconds before it is sent, the CAS token is the
-//! version the server returns, deletes of missing keys answer `NOT_FOUND`. Reads try the live owners
-//! of the read table in order and fail over on errors; writes go to the coordinator of the write
-//! table and are retried with backoff after a routing refresh, within bounded time.
+//! no-ops), expiry is converted to absolute unix seconds before it is sent (and the time left is
+//! shown from the absolute expiry the server answers with, meta `t`), the CAS token is the version
+//! the server returns, deletes of missing keys answer `NOT_FOUND`. Every command is one call per
+//! key: the coordinator applies a read-modify-write (an incr/decr with a CAS, an initial value or a
+//! new expiry, a CAS append or delete, a get-and-touch) in one step, so the requests of one
+//! connection take effect in request order (see [`batch`], "Order"). Reads try the live owners of
+//! the read table in order and fail over on errors (during a rebalance, a key that moves is asked of
+//! its write coordinator first, see [`dispatch::read_from`]); writes go to the coordinator of the
+//! write table and are retried with backoff after a routing refresh, within bounded time. Where
+//! kumofs still answers differently from memcached, and why: `src/protocol/CONFORMANCE.md`.
 
 mod batch;
 mod conn;
