@@ -78,8 +78,9 @@ fn one_server_cluster() -> Cluster {
     cluster.add_server();
     cluster.attach();
     cluster.start_gateway(&["--cpus", "0"]);
-    // Attached is not yet readable: until the manager publishes the end of the attach, reads
-    // follow the old (empty) table. Wait until a written key reads back.
+    // Start once the server has its routing, so that no case pays for a routing retry: wait until
+    // a written key reads back. (Reads and writes right after an attach are `gateway_attach`'s
+    // subject.)
     let text = cluster.text_addr.expect("text port");
     wait_until("the gateway to read its writes", READY_TIMEOUT, || {
         let reply = raw_exchange(text, b"set ready 0 0 1\r\n1\r\nget ready\r\n", |r| {
