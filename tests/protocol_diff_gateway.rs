@@ -49,11 +49,6 @@ const GATEWAY_DIFFERENCES: &[(&str, &[&str])] = &[
             "binary/pipelined writes to one key",
         ],
     ),
-    (
-        "every request before a closing error in the same read is answered before the close \
-         (memcached 1.6.18 applies the last ones but loses their replies)",
-        &["text/line too long after a pipeline"],
-    ),
 ];
 
 fn known(name: &str) -> Option<&'static str> {
