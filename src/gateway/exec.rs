@@ -4,11 +4,13 @@
 //!
 //! Reads go to the live owners of the key under the read table, in ring order, failing over on an
 //! error or timeout (a miss is a miss, not retried); after a whole round fails the routing is
-//! refreshed and the next round starts, up to `-G` rounds. While a rebalance moves a key, its write
-//! coordinator is asked first (see [`super::dispatch::read_from`]). Writes go to the coordinator under the
-//! write table; on `NotOwner`, a transport error or a timeout the routing is refreshed and the write
-//! retried with backoff (100 ms doubling to 1 s) up to `-S`/`-D` tries and the write deadline. With
-//! no server attached at all a request fails at once with `SERVER_ERROR no servers attached`.
+//! refreshed and the next round starts, up to `-G` rounds. While a rebalance moves a key, its
+//! write coordinator is asked first (see [`super::dispatch::read_from`]). Writes go to the
+//! coordinator under the write table; on `NotOwner`, a transport error or a timeout the routing is
+//! refreshed and the write retried with backoff (100 ms doubling to 1 s) up to `-S`/`-D` tries and
+//! the write deadline. With no server attached at all a request asks the managers once more (a
+//! question sent after it arrived, so it sees an attach made just before), then fails with
+//! `SERVER_ERROR no servers attached`.
 
 use std::future::Future;
 use std::net::SocketAddr;

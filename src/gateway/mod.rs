@@ -39,10 +39,10 @@
 //! key: the coordinator applies a read-modify-write (an incr/decr with a CAS, an initial value or a
 //! new expiry, a CAS append or delete, a get-and-touch) in one step, so the requests of one
 //! connection take effect in request order (see [`batch`], "Order"). Reads try the live owners of
-//! the read table in order and fail over on errors (during a rebalance, a key that moves is asked of
-//! its write coordinator first, see [`dispatch::read_from`]); writes go to the coordinator of the
-//! write table and are retried with backoff after a routing refresh, within bounded time. Where
-//! kumofs still answers differently from memcached, and why: `src/protocol/CONFORMANCE.md`.
+//! the read table in order and fail over on errors (during a rebalance, a key that moves is asked
+//! of its write coordinator first, see [`dispatch::read_from`]); writes go to the coordinator of
+//! the write table and are retried with backoff after a routing refresh, within bounded time.
+//! Where kumofs still answers differently from memcached, and why: `src/protocol/CONFORMANCE.md`.
 
 mod batch;
 mod conn;

@@ -1,8 +1,9 @@
-//! Hand-written msgpack for the data path's hot messages: `DataRequest::Get`/`GetNewest`/`Write` and the
-//! `DataResponse`s they get. The bytes are exactly what rmp-serde writes for the same values (tests
-//! below check it), so either side may use either codec; the hand codec only saves the work serde
-//! does per message: matching variant names through a visitor, and above all allocating a `Vec` for
-//! every key and value. Decoding borrows keys and values from the frame instead.
+//! Hand-written msgpack for the data path's hot messages: `DataRequest::Get`/`GetNewest`/`Write`
+//! and the `DataResponse`s they get. The bytes are exactly what rmp-serde writes for the same
+//! values (tests below check it), so either side may use either codec; the hand codec only saves
+//! the work serde does per message: matching variant names through a visitor, and above all
+//! allocating a `Vec` for every key and value. Decoding borrows keys and values from the frame
+//! instead.
 //!
 //! # Layout (rmp-serde's, written out)
 //!
@@ -20,7 +21,8 @@
 //!                 | a6 "Delete" | ab "GetAndTouch" | 81 a3 "Cas" 91 version
 //!                 | 81 a9 "AppendCas" 91 version | 81 aa "PrependCas" 91 version
 //!                 | 81 a9 "DeleteCas" 91 version
-//!                 | 81 a4 "Incr" 94 delta cas initial touch | 81 a4 "Decr" 94 delta cas initial touch
+//!                 | 81 a4 "Incr" 94 delta cas initial touch
+//!                 | 81 a4 "Decr" 94 delta cas initial touch
 //!             (initial and touch: c0 (nil) for none, else the number)
 //! Value     81 a5 "Value"     94 bin(value) flags version exptime
 //! Stored    81 a6 "Stored"    91 version
