@@ -52,14 +52,17 @@ impl Store {
 
     fn handle(&mut self, request: DataRequest) -> DataResponse {
         match request {
-            DataRequest::Get { key, .. } => match self.live(&key) {
-                Some(r) => DataResponse::Value {
-                    value: r.value.clone(),
-                    flags: r.flags,
-                    version: r.version,
-                },
-                None => DataResponse::NotFound,
-            },
+            DataRequest::Get { key, .. } | DataRequest::GetNewest { key, .. } => {
+                match self.live(&key) {
+                    Some(r) => DataResponse::Value {
+                        value: r.value.clone(),
+                        flags: r.flags,
+                        version: r.version,
+                        exptime: r.exptime,
+                    },
+                    None => DataResponse::NotFound,
+                }
+            }
             DataRequest::Write {
                 key,
                 op,
@@ -84,6 +87,21 @@ impl Store {
                     );
                     DataResponse::Stored { version }
                 };
+                // The CAS forms: compare, then do what the plain op does.
+                let cas = match op {
+                    WriteOp::AppendCas { version } => Some((WriteOp::Append, version)),
+                    WriteOp::PrependCas { version } => Some((WriteOp::Prepend, version)),
+                    WriteOp::DeleteCas { version } => Some((WriteOp::Delete, version)),
+                    _ => None,
+                };
+                let op = match (cas, &old) {
+                    (Some(_), None) => return DataResponse::NotFound,
+                    (Some((_, want)), Some(old)) if old.version != want => {
+                        return DataResponse::Exists
+                    }
+                    (Some((plain, _)), Some(_)) => plain,
+                    (None, _) => op,
+                };
                 match (op, old) {
                     (WriteOp::Set, _) => put(&mut self.map, value, flags, exptime),
                     (WriteOp::Add, None) => put(&mut self.map, value, flags, exptime),
@@ -107,8 +125,23 @@ impl Store {
                         DataResponse::Exists
                     }
                     (WriteOp::Cas { .. }, Some(_)) => put(&mut self.map, value, flags, exptime),
-                    (WriteOp::Incr { .. } | WriteOp::Decr { .. }, None) => DataResponse::NotFound,
-                    (op @ (WriteOp::Incr { .. } | WriteOp::Decr { .. }), Some(old)) => {
+                    (WriteOp::Incr(arith) | WriteOp::Decr(arith), None) => match arith.initial {
+                        None => DataResponse::NotFound,
+                        Some(n) => {
+                            put(&mut self.map, n.to_string().into_bytes(), 0, exptime);
+                            DataResponse::Number {
+                                value: n,
+                                version,
+                                exptime,
+                            }
+                        }
+                    },
+                    (WriteOp::Incr(arith) | WriteOp::Decr(arith), Some(old))
+                        if arith.cas != 0 && arith.cas != old.version =>
+                    {
+                        DataResponse::Exists
+                    }
+                    (op @ (WriteOp::Incr(arith) | WriteOp::Decr(arith)), Some(old)) => {
                         let Some(n) = std::str::from_utf8(&old.value)
                             .ok()
                             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -116,19 +149,32 @@ impl Store {
                             return DataResponse::NonNumeric;
                         };
                         let n = match op {
-                            WriteOp::Incr { delta } => n.wrapping_add(delta),
-                            WriteOp::Decr { delta } => n.saturating_sub(delta),
-                            _ => n,
+                            WriteOp::Incr(_) => n.wrapping_add(arith.delta),
+                            _ => n.saturating_sub(arith.delta),
                         };
+                        let exptime = arith.touch.unwrap_or(old.exptime);
                         put(
                             &mut self.map,
                             n.to_string().into_bytes(),
                             old.flags,
-                            old.exptime,
+                            exptime,
                         );
-                        DataResponse::Number { value: n, version }
+                        DataResponse::Number {
+                            value: n,
+                            version,
+                            exptime,
+                        }
                     }
-                    (WriteOp::Touch, None) => DataResponse::NotFound,
+                    (WriteOp::Touch | WriteOp::GetAndTouch, None) => DataResponse::NotFound,
+                    (WriteOp::GetAndTouch, Some(old)) => {
+                        put(&mut self.map, old.value.clone(), old.flags, exptime);
+                        DataResponse::Value {
+                            value: old.value,
+                            flags: old.flags,
+                            version,
+                            exptime,
+                        }
+                    }
                     (WriteOp::Touch, Some(old)) => {
                         put(&mut self.map, old.value, old.flags, exptime);
                         DataResponse::Touched
@@ -138,6 +184,13 @@ impl Store {
                         self.map.remove(&key);
                         DataResponse::Deleted
                     }
+                    // Turned into their plain forms above.
+                    (
+                        WriteOp::AppendCas { .. }
+                        | WriteOp::PrependCas { .. }
+                        | WriteOp::DeleteCas { .. },
+                        _,
+                    ) => DataResponse::Error("unreachable".into()),
                 }
             }
             DataRequest::FlushAll { .. } => {

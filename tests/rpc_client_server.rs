@@ -29,6 +29,7 @@ async fn handle(request: DataRequest) -> Result<DataResponse, String> {
                 value: key,
                 flags: 7,
                 version: hash,
+                exptime: 0,
             })
         }
         DataRequest::Stats => Err("no stats here".into()),
@@ -128,7 +129,8 @@ fn many_tasks_pipeline_calls_on_one_connection() {
                         DataResponse::Value {
                             value: key,
                             flags: 7,
-                            version: hash
+                            version: hash,
+                            exptime: 0
                         }
                     );
                 }
@@ -235,7 +237,8 @@ fn calls_fail_with_transport_when_the_server_dies_and_recover_when_it_returns() 
                             DataResponse::Value {
                                 value: b"after".to_vec(),
                                 flags: 7,
-                                version: 3
+                                version: 3,
+                                exptime: 0
                             }
                         );
                         break;

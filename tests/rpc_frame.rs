@@ -2,7 +2,7 @@
 //! the byte stream yields the same frames.
 
 use kumofs::rpc::frame::{encode_frame, FrameDecoder, FrameKind};
-use kumofs::rpc::messages::{DataRequest, DataResponse, WriteOp};
+use kumofs::rpc::messages::{Arith, DataRequest, DataResponse, WriteOp};
 use proptest::prelude::*;
 
 fn write_op() -> impl Strategy<Value = WriteOp> {
@@ -13,10 +13,25 @@ fn write_op() -> impl Strategy<Value = WriteOp> {
         Just(WriteOp::Append),
         Just(WriteOp::Prepend),
         any::<u64>().prop_map(|version| WriteOp::Cas { version }),
-        any::<u64>().prop_map(|delta| WriteOp::Incr { delta }),
-        any::<u64>().prop_map(|delta| WriteOp::Decr { delta }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<Option<u32>>()
+        )
+            .prop_map(|(delta, cas, initial, touch)| WriteOp::Incr(Arith {
+                delta,
+                cas,
+                initial,
+                touch
+            })),
+        any::<u64>().prop_map(|delta| WriteOp::Decr(Arith::by(delta))),
         Just(WriteOp::Touch),
         Just(WriteOp::Delete),
+        Just(WriteOp::GetAndTouch),
+        any::<u64>().prop_map(|version| WriteOp::AppendCas { version }),
+        any::<u64>().prop_map(|version| WriteOp::PrependCas { version }),
+        any::<u64>().prop_map(|version| WriteOp::DeleteCas { version }),
     ]
 }
 
@@ -46,6 +61,7 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
             }),
         any::<u32>().prop_map(|delay| DataRequest::FlushAll { delay }),
         Just(DataRequest::Stats),
+        (any::<u64>(), bytes()).prop_map(|(hash, key)| DataRequest::GetNewest { hash, key }),
     ]
 }
 
@@ -138,6 +154,7 @@ fn a_value_over_the_frame_limit_is_refused_when_encoding() {
         value: vec![0; kumofs::rpc::MAX_FRAME_LEN],
         flags: 0,
         version: 1,
+        exptime: 0,
     };
     let mut out = vec![1, 2, 3];
     assert!(encode_frame(&mut out, FrameKind::Response, 1, &huge).is_err());

@@ -34,6 +34,7 @@ async fn handle(request: DataRequest) -> Result<DataResponse, String> {
                 value: key,
                 flags: 7,
                 version: hash,
+                exptime: 0,
             })
         }
         _ => Ok(DataResponse::NotStored),
@@ -144,6 +145,7 @@ fn concurrent_calls_share_one_connection_and_complete_by_tag() {
                         value: key,
                         flags: 7,
                         version: hash,
+                        exptime: 0,
                     };
                     assert_eq!(response, expect);
                 }
@@ -177,6 +179,7 @@ fn concurrent_calls_share_one_connection_and_complete_by_tag() {
                 value: format!("p:{tag}").into_bytes(),
                 flags: 7,
                 version: u64::from(tag),
+                exptime: 0,
             };
             assert_eq!(response, Ok(expect));
         }

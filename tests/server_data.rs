@@ -3,7 +3,7 @@
 mod server_support;
 mod support;
 
-use kumofs::rpc::messages::{DataResponse, WriteOp};
+use kumofs::rpc::messages::{Arith, DataRequest, DataResponse, WriteOp};
 use server_support::{value_of, DataClient};
 use support::{kumoctl, wait_until, Cluster, READY_TIMEOUT};
 
@@ -41,7 +41,8 @@ fn registers_unattached_then_serves_every_op_after_attach() {
         DataResponse::Value {
             value: b"1".to_vec(),
             flags: 7,
-            version: v1
+            version: v1,
+            exptime: 0
         }
     );
     let DataResponse::Stored { version: v2 } = client.set("a", "2") else {
@@ -101,28 +102,33 @@ fn registers_unattached_then_serves_every_op_after_attach() {
     // incr / decr.
     client.set("n", "10");
     assert!(matches!(
-        client.write("n", WriteOp::Incr { delta: 5 }, "", 0, 0),
+        client.write("n", WriteOp::Incr(Arith::by(5)), "", 0, 0),
         DataResponse::Number { value: 15, .. }
     ));
     assert!(matches!(
-        client.write("n", WriteOp::Decr { delta: 100 }, "", 0, 0),
+        client.write("n", WriteOp::Decr(Arith::by(100)), "", 0, 0),
         DataResponse::Number { value: 0, .. }
     ));
     assert_eq!(
-        client.write("b", WriteOp::Incr { delta: 1 }, "", 0, 0),
+        client.write("b", WriteOp::Incr(Arith::by(1)), "", 0, 0),
         DataResponse::NonNumeric
     );
     assert_eq!(
-        client.write("nope", WriteOp::Incr { delta: 1 }, "", 0, 0),
+        client.write("nope", WriteOp::Incr(Arith::by(1)), "", 0, 0),
         DataResponse::NotFound
     );
 
-    // touch and expiry (absolute unix seconds).
+    // touch and expiry (absolute unix seconds); a get answers the expiry.
+    let later = now_secs() + 3600;
     assert_eq!(
-        client.write("b", WriteOp::Touch, "", 0, now_secs() + 3600),
+        client.write("b", WriteOp::Touch, "", 0, later),
         DataResponse::Touched
     );
-    assert!(value_of(&client.get("b")).is_some());
+    assert!(
+        matches!(client.get("b"), DataResponse::Value { exptime, .. } if exptime == later),
+        "{:?}",
+        client.get("b")
+    );
     assert_eq!(
         client.write("b", WriteOp::Touch, "", 0, now_secs() - 10),
         DataResponse::Touched
@@ -143,6 +149,65 @@ fn registers_unattached_then_serves_every_op_after_attach() {
         client.write("a", WriteOp::Delete, "", 0, 0),
         DataResponse::NotFound
     );
+
+    // GetNewest (a get at a key's write coordinator during a rebalance): `Absent` only when no
+    // record of the key is held at all; a tombstone is a miss.
+    let mut newest = |key: &str| {
+        client.call(&kumofs::rpc::messages::DataRequest::GetNewest {
+            hash: kumofs::ring::key_hash(key.as_bytes()),
+            key: key.as_bytes().to_vec(),
+        })
+    };
+    assert_eq!(newest("never-written"), DataResponse::Absent);
+    assert_eq!(newest("a"), DataResponse::NotFound);
+    assert_eq!(value_of(&newest("k")).map(|v| v.0), Some("v".into()));
+
+    // The requests of one connection take effect in the order they were sent, even when they
+    // arrive in one read: every write is applied before the requests behind it are served.
+    let shards = server_support::routing(cluster.manager_addr).shards_of(&addr);
+    let hash = kumofs::ring::key_hash(b"ordered");
+    let write = |op, value: &str| DataRequest::Write {
+        hash,
+        key: b"ordered".to_vec(),
+        op,
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        exptime: 0,
+        noreply: false,
+    };
+    let get = DataRequest::Get {
+        hash,
+        key: b"ordered".to_vec(),
+    };
+    let got = server_support::pipelined(
+        addr,
+        kumofs::ring::core_of(hash, shards) as u32,
+        &[
+            write(WriteOp::Set, "1"),
+            write(WriteOp::Append, "2"),
+            get.clone(),
+            write(WriteOp::Incr(Arith::by(1)), ""),
+            get.clone(),
+            write(WriteOp::Delete, ""),
+            get,
+        ],
+    );
+    let values: Vec<Option<String>> = got.iter().map(|r| value_of(r).map(|v| v.0)).collect();
+    assert_eq!(
+        values,
+        [
+            None,
+            None,
+            Some("12".into()),
+            None,
+            Some("13".into()),
+            None,
+            None
+        ],
+        "{got:?}"
+    );
+    assert!(matches!(got[3], DataResponse::Number { value: 13, .. }));
+    assert_eq!(got[6], DataResponse::NotFound);
 
     // A hash that does not match the key is refused, not stored under the wrong shard.
     let bad = client.call(&kumofs::rpc::messages::DataRequest::Get {

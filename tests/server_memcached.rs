@@ -172,8 +172,8 @@ fn one_server_with_its_own_ports_passes_memccapable_and_the_memcache_crate() {
         (0x09, &[0, 0, 0, 7][..], &b"01"[..])
     );
     assert_eq!((other[1], &other[12..16]), (0x0a, &[0, 0, 0, 8][..]));
-    // Local writes apply in request order, even one that takes two steps: an incr that creates
-    // its key (binary, initial 42) and a get right behind it in the same write.
+    // Local writes apply in request order, even a read-modify-write: an incr that creates its
+    // key (binary, initial 42) and a get right behind it in the same write.
     let mut incr = vec![0x80, 0x05, 0, 3, 20, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 1];
     incr.extend_from_slice(&[0; 8]);
     incr.extend_from_slice(&1u64.to_be_bytes());
@@ -280,21 +280,10 @@ fn keys_of_other_servers_are_forwarded_and_every_port_sees_every_key() {
     );
 }
 
-/// Cases in which a kumo-gateway process lets a later request of one read overtake an earlier one
-/// on the same key (listed in `protocol_diff_gateway`), so its answers depend on timing. The
-/// server's own ports apply local writes in request order (checked in the first test).
-const OVERTAKEN_IN_A_GATEWAY: &[&str] = &[
-    "ma N q",
-    "ma N T",
-    "incr miss create",
-    "decr miss create",
-    "pipelined writes to one key",
-];
-
 /// Every case of the protocol layer's differential tables (text, meta, binary) and its long
 /// pipelines, sent to a stand-alone kumo-gateway and to the server's own ports of the same
-/// cluster: the replies must be the same bytes (CAS values compared by order of appearance),
-/// except for the timing-dependent [`OVERTAKEN_IN_A_GATEWAY`].
+/// cluster: the replies must be the same bytes (CAS values compared by order of appearance). Both
+/// apply the requests of one connection in request order, so no case depends on timing.
 #[test]
 fn embedded_ports_answer_like_a_gateway_process() {
     let _serial = serial();
@@ -319,9 +308,6 @@ fn embedded_ports_answer_like_a_gateway_process() {
     cases.push((gateway_binary, ports.binary, pipelines::binary_pipeline()));
     let mut differences = Vec::new();
     for (gateway, embedded, case) in &cases {
-        if OVERTAKEN_IN_A_GATEWAY.contains(&case.name.as_str()) {
-            continue;
-        }
         let theirs = run_case(*gateway, case);
         let ours = run_case(*embedded, case);
         if let Some(at) = first_difference(&theirs, &ours, case.binary) {

@@ -4,7 +4,7 @@
 //! # The fast path
 //!
 //! A request that needs exactly one server call whose answer maps straight onto the reply (a
-//! single-key get, a store, a delete without CAS, touch, incr/decr without an initial value) gets a
+//! single-key get or get-and-touch, a store, a delete, touch, incr/decr) gets a
 //! [`Slot`] and a call on the [`Pipe`](crate::rpc::Pipe) of the server shard that owns its key,
 //! encoded straight into the pipe's output buffer. The connection itself is the calls'
 //! [`Completion`]: the pipe's reader hands it each response, still in the pipe's read buffer, and the
@@ -26,10 +26,17 @@
 //! # Order
 //!
 //! Requests start in request order: a fast one's call is queued on its pipe at once, and a job is
-//! polled once when it is created, which queues its first call. Calls of one connection for one
-//! key share a pipe and the server answers a pipe in order, so a pipelined get reads what a set
-//! before it wrote (a request that needs several round trips, or is retried, can still be
-//! overtaken, as with the futures before).
+//! polled once when it is created, which queues its first call. Every command is one server call
+//! per key (the server applies a read-modify-write such as an incr that creates its key, a CAS
+//! delete or a get-and-touch in one step), calls of one connection for one key share a pipe, and
+//! the server applies the requests of a pipe in order (see `server::data`), so writes to one key
+//! apply in request order and a pipelined get reads what a set before it wrote.
+//!
+//! A request that is retried (its server answered `NotOwner`, say, because the routing just
+//! changed) would be overtaken by the requests after it. So once a request of the batch falls
+//! back, a later request on the same key does not take its own answer while the retried one is
+//! unfinished: it is deferred ([`SlotState::Deferred`]) and goes down the slow path once every
+//! earlier request on its key is done. This costs nothing until something falls back.
 //!
 //! Text and binary replies leave in request order; async binary ones as they complete. Either way,
 //! what the whole batch produced leaves in as few writes as the order allows (one for ordered
@@ -58,6 +65,8 @@ pub(crate) type Job = Pin<Box<dyn Future<Output = Option<Vec<u8>>>>>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FastOp {
     Get,
+    /// A single-key get-and-touch (text gat/gats, binary GAT/TOUCH, meta `mg T`).
+    Gat,
     Store,
     Delete,
     Touch,
@@ -71,6 +80,9 @@ enum SlotState {
     Waiting,
     /// The fast path did not give a final answer: run the request as a job.
     Fallback,
+    /// Like `Fallback`, but an earlier request on the same key is being retried: run the request
+    /// as a job once that one is finished.
+    Deferred,
     Job(Job),
     /// The job is being polled (taken out of the slot meanwhile).
     Polling,
@@ -109,6 +121,10 @@ pub(crate) struct Replies {
     next: usize,
     unfinished: usize,
     fallbacks: usize,
+    /// Slots in `SlotState::Deferred`.
+    deferred: usize,
+    /// Some request of the batch fell back: later ones on its key must wait for it.
+    retrying: bool,
     jobs: usize,
     ordered: bool,
     waker: Option<Waker>,
@@ -135,7 +151,11 @@ impl Conn {
     /// some replies can be written (`Ready(false)`). Turns fallen-back requests into jobs and polls
     /// the jobs.
     pub fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.state.borrow().replies.fallbacks > 0 {
+        let waiting = {
+            let replies = &self.state.borrow().replies;
+            replies.fallbacks + replies.deferred
+        };
+        if waiting > 0 {
             self.start_fallbacks();
         }
         if self.state.borrow().replies.jobs > 0 {
@@ -156,15 +176,28 @@ impl Conn {
         Poll::Pending
     }
 
-    fn start_fallbacks(&self) {
+    /// Turns fallen-back requests into jobs, and deferred ones whose earlier requests on the same
+    /// key are finished. Returns whether it started any.
+    fn start_fallbacks(&self) -> bool {
         let mut state = self.state.borrow_mut();
         let BatchState { input, replies } = &mut *state;
         replies.fallbacks = 0;
         let limits = self.shard.config.limits;
+        let mut started = false;
         for index in 0..replies.slots.len() {
-            if !matches!(replies.slots[index].state, SlotState::Fallback) {
-                continue;
+            match replies.slots[index].state {
+                SlotState::Fallback if replies.waits_for_earlier(index, input.data()) => {
+                    replies.slots[index].state = SlotState::Deferred;
+                    replies.deferred += 1;
+                    continue;
+                }
+                SlotState::Fallback => {}
+                SlotState::Deferred if !replies.waits_for_earlier(index, input.data()) => {
+                    replies.deferred -= 1;
+                }
+                _ => continue,
             }
+            started = true;
             let (start, end) = replies.slots[index].request;
             let bytes = &input.data()[start..end];
             // The bytes decoded once already; decoding them again gives the same request.
@@ -185,6 +218,7 @@ impl Conn {
                 }
             }
         }
+        started
     }
 
     fn poll_jobs(&self, cx: &mut Context<'_>) {
@@ -217,9 +251,13 @@ impl Conn {
                 }
             }
         }
-        if self.state.borrow().replies.fallbacks > 0 {
-            // Jobs that gave up on their in-process call go down the slow path at once.
-            self.start_fallbacks();
+        let waiting = {
+            let replies = &self.state.borrow().replies;
+            replies.fallbacks + replies.deferred
+        };
+        // Jobs that gave up on their in-process call go down the slow path at once, and requests
+        // deferred behind a job that finished start now.
+        if waiting > 0 && self.start_fallbacks() {
             cx.waker().wake_by_ref();
         }
     }
@@ -250,6 +288,8 @@ impl Replies {
             next: 0,
             unfinished: 0,
             fallbacks: 0,
+            deferred: 0,
+            retrying: false,
             jobs: 0,
             ordered,
             waker: None,
@@ -263,6 +303,8 @@ impl Replies {
         self.next = 0;
         self.unfinished = 0;
         self.fallbacks = 0;
+        self.deferred = 0;
+        self.retrying = false;
         self.jobs = 0;
     }
 
@@ -322,6 +364,23 @@ impl Replies {
     pub fn fall_back(&mut self, index: usize) {
         self.slots[index].state = SlotState::Fallback;
         self.fallbacks += 1;
+        self.retrying = true;
+    }
+
+    /// Whether an earlier request of the batch on the same key as slot `index` is being retried
+    /// (or waits to be), so that slot `index` must not be answered before it (`input`: the
+    /// batch's input buffer). Only scans once something fell back.
+    fn waits_for_earlier(&self, index: usize, input: &[u8]) -> bool {
+        if !self.retrying {
+            return false;
+        }
+        let key = self.key_of(index, input);
+        self.slots[..index].iter().any(|earlier| {
+            matches!(
+                earlier.state,
+                SlotState::Fallback | SlotState::Deferred | SlotState::Job(_) | SlotState::Polling
+            ) && &input[earlier.key.0..earlier.key.1] == key
+        })
     }
 
     /// Finishes slot `index` with the bytes `write` appends: into `out` when the order allows,
@@ -374,6 +433,12 @@ impl Replies {
             self.fall_back(index);
             return;
         };
+        if self.waits_for_earlier(index, input) {
+            // Answered before an earlier request on its key that is being retried: ask again
+            // once that one is done.
+            self.fall_back(index);
+            return;
+        }
         let key = &input[key_start..key_end];
         self.place(index, |out| {
             encode_final(op, &ctx, key, reply, counters, out)
@@ -414,8 +479,17 @@ pub(crate) fn encode_final(
         other => other,
     };
     encode_keyed(&reply, ctx, key, out);
-    if op == FastOp::Get {
+    if matches!(op, FastOp::Get | FastOp::Gat) {
         encode_keyed(&Reply::End, ctx, &[], out);
+    }
+}
+
+/// Seconds an item expiring at `exptime` (absolute unix seconds, 0 = never) has left, as meta `t`
+/// shows it: -1 for never, 0 once past.
+pub(crate) fn ttl(exptime: u32) -> i64 {
+    match exptime {
+        0 => -1,
+        at => (i64::from(at) - super::expiry::now_unix() as i64).max(0),
     }
 }
 
@@ -426,137 +500,46 @@ pub(crate) fn final_reply(op: FastOp, response: DataResponseRef<'_>) -> Option<R
     use DataResponseRef as R;
     Some(match (op, response) {
         (
-            FastOp::Get,
+            FastOp::Get | FastOp::Gat,
             R::Value {
                 value,
                 flags,
                 version,
+                exptime,
             },
         ) => Reply::Value(Value {
             key: &[],
             flags,
             cas: version,
             data: value,
-            ttl: -1,
+            ttl: ttl(exptime),
         }),
-        (FastOp::Get, R::NotFound) => Reply::Miss(&[]),
+        (FastOp::Get | FastOp::Gat, R::NotFound) => Reply::Miss(&[]),
         (FastOp::Store, R::Stored { version }) => Reply::Stored(version),
         (FastOp::Store, R::NotStored) => Reply::NotStored,
-        (FastOp::Store, R::Exists) => Reply::Exists,
+        (FastOp::Store | FastOp::Delete | FastOp::Arith, R::Exists) => Reply::Exists,
         (FastOp::Store | FastOp::Delete | FastOp::Touch | FastOp::Arith, R::NotFound) => {
             Reply::NotFound
         }
         (FastOp::Delete, R::Deleted) => Reply::Deleted,
         (FastOp::Touch, R::Touched) => Reply::Touched,
-        (FastOp::Arith, R::Number { value, version }) => Reply::Number(value, version),
+        (
+            FastOp::Arith,
+            R::Number {
+                value,
+                version,
+                exptime,
+            },
+        ) => Reply::Counter {
+            value,
+            cas: version,
+            ttl: ttl(exptime),
+        },
         (FastOp::Arith, R::NonNumeric) => Reply::Error(ErrorReply::NonNumeric),
         _ => return None,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::ReplyContext;
-
-    /// Slots 0..4 of a batch whose requests are `g0 g1 g2 g3` (keys at 1..2, 4..5, ...).
-    fn batch(ordered: bool) -> (Replies, &'static [u8]) {
-        let mut replies = Replies::new(ordered);
-        for i in 0..4 {
-            replies.push(
-                FastOp::Get,
-                ReplyContext::text(),
-                (3 * i + 1, 3 * i + 2),
-                (3 * i, 3 * i + 3),
-            );
-        }
-        (replies, b"g0 g1 g2 g3 ")
-    }
-
-    fn hit(value: &[u8]) -> Option<DataResponseRef<'_>> {
-        Some(DataResponseRef::Value {
-            value,
-            flags: 0,
-            version: 1,
-        })
-    }
-
-    #[test]
-    fn ordered_replies_leave_in_request_order_whatever_the_completion_order() {
-        let counters = Counters::default();
-        let (mut replies, input) = batch(true);
-        replies.answer(2, input, hit(b"c"), &counters);
-        replies.answer(1, input, Some(DataResponseRef::NotFound), &counters);
-        assert!(replies.out.is_empty(), "nothing may leave before reply 0");
-        replies.answer(0, input, hit(b"a"), &counters);
-        assert_eq!(
-            replies.out,
-            b"VALUE 0 0 1\r\na\r\nEND\r\nEND\r\nVALUE 2 0 1\r\nc\r\nEND\r\n"
-        );
-        assert_eq!(replies.unfinished, 1);
-        // A non-final answer sends the request down the slow path instead.
-        replies.answer(
-            3,
-            input,
-            Some(DataResponseRef::NotOwner { routing_version: 9 }),
-            &counters,
-        );
-        assert_eq!((replies.unfinished, replies.fallbacks), (1, 1));
-        replies.place(3, |out| out.extend_from_slice(b"END\r\n"));
-        assert_eq!(replies.unfinished, 0);
-        assert!(replies.out.ends_with(b"c\r\nEND\r\nEND\r\n"));
-        assert_eq!((counters.get_hits.get(), counters.get_misses.get()), (2, 1));
-    }
-
-    #[test]
-    fn unordered_replies_leave_as_they_complete_and_late_answers_are_ignored() {
-        let counters = Counters::default();
-        let (mut replies, input) = batch(false);
-        replies.answer(3, input, hit(b"d"), &counters);
-        replies.answer(1, input, hit(b"b"), &counters);
-        assert_eq!(
-            replies.out,
-            b"VALUE 3 0 1\r\nd\r\nEND\r\nVALUE 1 0 1\r\nb\r\nEND\r\n"
-        );
-        // A second answer for a finished slot (cannot happen, but must not corrupt anything).
-        replies.answer(3, input, hit(b"x"), &counters);
-        assert_eq!(replies.unfinished, 2);
-    }
-
-    #[test]
-    fn only_final_answers_finish_a_fast_request() {
-        let value = DataResponseRef::Value {
-            value: b"v",
-            flags: 1,
-            version: 2,
-        };
-        assert!(matches!(
-            final_reply(FastOp::Get, value),
-            Some(Reply::Value(_))
-        ));
-        assert_eq!(final_reply(FastOp::Store, value), None);
-        let retry = [
-            DataResponseRef::NotOwner { routing_version: 1 },
-            DataResponseRef::Error("replication failed"),
-        ];
-        for op in [
-            FastOp::Get,
-            FastOp::Store,
-            FastOp::Delete,
-            FastOp::Touch,
-            FastOp::Arith,
-        ] {
-            for answer in retry {
-                assert_eq!(final_reply(op, answer), None, "{op:?} {answer:?}");
-            }
-        }
-        assert_eq!(
-            final_reply(FastOp::Delete, DataResponseRef::Deleted),
-            Some(Reply::Deleted)
-        );
-        assert_eq!(
-            final_reply(FastOp::Arith, DataResponseRef::NonNumeric),
-            Some(Reply::Error(ErrorReply::NonNumeric))
-        );
-    }
-}
+#[path = "batch_tests.rs"]
+mod tests;

@@ -9,7 +9,7 @@ use std::task::Context;
 use std::time::Instant;
 
 use super::batch::{encode_final, final_reply, BatchState, FastOp, Replies};
-use super::exec::{plan, Planned};
+use super::exec::{arith_write, plan, Planned};
 use super::expiry::{absolute_exptime, now_unix};
 use super::stats::Counters;
 use super::{LocalServer, Shard};
@@ -90,6 +90,8 @@ struct Route<'a> {
     shard: &'a Rc<Shard>,
     sink: &'a Rc<dyn Completion>,
     snapshot: Rc<RoutingSnapshot>,
+    /// Reads and writes follow different tables (a rebalance): see [`read_from`].
+    split: bool,
     deadline: Instant,
     now_unix: Option<u64>,
     /// The prefixed key, when the gateway has a key prefix (`-k`).
@@ -100,10 +102,12 @@ struct Route<'a> {
 
 impl<'a> Route<'a> {
     fn new(shard: &'a Rc<Shard>, sink: &'a Rc<dyn Completion>) -> Route<'a> {
+        let snapshot = shard.router.snapshot();
         Route {
             shard,
             sink,
-            snapshot: shard.router.snapshot(),
+            split: is_split(&snapshot),
+            snapshot,
             deadline: Instant::now() + shard.config.call_timeout,
             now_unix: None,
             scratch: Vec::new(),
@@ -139,6 +143,17 @@ impl<'a> Route<'a> {
                 Counters::bump(&counters.cmd_get);
                 (FastOp::Get, key, None)
             }),
+            Command::Get {
+                keys,
+                touch: Some(exptime),
+                ..
+            } => single_key(keys).map(|key| {
+                Counters::bump(&counters.cmd_get);
+                Counters::bump(&counters.cmd_touch);
+                let exptime = absolute_exptime(*exptime, self.now_unix());
+                let write = no_data(WriteOp::GetAndTouch, exptime, false);
+                (FastOp::Gat, key, Some(write))
+            }),
             Command::Store {
                 mode,
                 key,
@@ -159,14 +174,14 @@ impl<'a> Route<'a> {
                 };
                 Some((FastOp::Store, key.as_ref(), Some(fields)))
             }
-            Command::Delete { key, cas: 0 } => {
+            Command::Delete { key, cas } => {
                 Counters::bump(&counters.cmd_delete);
                 let noreply = ctx.quiet || self.shard.config.async_delete;
-                Some((
-                    FastOp::Delete,
-                    key.as_ref(),
-                    Some(no_data(WriteOp::Delete, 0, noreply)),
-                ))
+                let op = match *cas {
+                    0 => WriteOp::Delete,
+                    version => WriteOp::DeleteCas { version },
+                };
+                Some((FastOp::Delete, key.as_ref(), Some(no_data(op, 0, noreply))))
             }
             Command::Touch { key, exptime } => {
                 Counters::bump(&counters.cmd_touch);
@@ -181,15 +196,18 @@ impl<'a> Route<'a> {
                 incr,
                 key,
                 delta,
-                initial: None,
-                ..
+                initial,
+                cas,
+                touch,
             } => {
                 Counters::bump(&counters.cmd_arith);
-                let op = match incr {
-                    true => WriteOp::Incr { delta: *delta },
-                    false => WriteOp::Decr { delta: *delta },
-                };
-                Some((FastOp::Arith, key.as_ref(), Some(no_data(op, 0, false))))
+                let now = self.now_unix();
+                let (op, exptime) = arith_write(*incr, *delta, *initial, *cas, *touch, now);
+                Some((
+                    FastOp::Arith,
+                    key.as_ref(),
+                    Some(no_data(op, exptime, false)),
+                ))
             }
             _ => None,
         };
@@ -234,14 +252,14 @@ impl<'a> Route<'a> {
         };
         let hash = key_hash(stored);
         let snapshot = &self.snapshot;
-        let table = match op {
-            // Before the first rebalance completes the read table may still be empty: read where
-            // the writes go.
-            FastOp::Get if !snapshot.read.nodes().is_empty() => &snapshot.read,
-            _ => &snapshot.write,
+        let target = match write {
+            None => read_from(snapshot, self.split, hash).map(|from| match from {
+                ReadFrom::Owner(owner) => (owner, false),
+                ReadFrom::Newest { coordinator, .. } => (coordinator, true),
+            }),
+            Some(_) => first_owner(&snapshot.write, hash).map(|server| (server, false)),
         };
-        let target = first_owner(table, hash);
-        let Some(server) = target else {
+        let Some((server, newest)) = target else {
             // No routing yet, or every owner is down: the slow path refreshes and waits.
             replies.fall_back(index);
             return;
@@ -254,7 +272,7 @@ impl<'a> Route<'a> {
                 replies,
                 data,
                 index,
-                (op, hash, core),
+                (op, hash, core, newest),
                 stored,
                 write,
                 cx,
@@ -271,6 +289,7 @@ impl<'a> Route<'a> {
         };
         let key = KeyParts { prefix, key };
         let started = pipe.start(self.sink, index as u32, self.deadline, |out| match write {
+            None if newest => data_codec::put_get_newest(out, hash, key),
             None => data_codec::put_get(out, hash, key),
             Some(fields) => data_codec::put_write(out, hash, key, fields),
         });
@@ -289,19 +308,23 @@ impl<'a> Route<'a> {
         replies: &mut Replies,
         data: &[u8],
         index: usize,
-        (op, hash, core): (FastOp, u64, usize),
+        (op, hash, core, newest): (FastOp, u64, usize, bool),
         stored: &[u8],
         write: Option<WriteFields<'_>>,
         cx: &mut Context<'_>,
     ) {
         let counters = &self.shard.counters;
-        if op == FastOp::Get && core == local.shard() {
-            local.get_now(stored, &mut |response| {
+        if write.is_none() && core == local.shard() {
+            local.get_now(stored, newest, &mut |response| {
                 replies.answer(index, data, Some(response), counters)
             });
             return;
         }
         let request = match write {
+            None if newest => DataRequest::GetNewest {
+                hash,
+                key: stored.to_vec(),
+            },
             None => DataRequest::Get {
                 hash,
                 key: stored.to_vec(),
@@ -332,9 +355,50 @@ impl<'a> Route<'a> {
     }
 }
 
+/// Where a get is sent first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadFrom {
+    /// A plain get to the key's first live owner under the read table (or, when the read table
+    /// has no live owner for it, under the write table).
+    Owner(SocketAddr),
+    /// During a rebalance that moves the key: a `GetNewest` to its write coordinator, which holds
+    /// every write sent before the get on this connection (a write is applied before it is
+    /// replicated to the read table's owners); on `Absent`, a get from `owner`.
+    Newest {
+        coordinator: SocketAddr,
+        owner: SocketAddr,
+    },
+}
+
+/// Whether reads and writes follow different tables (a rebalance runs, or an attach without one).
+pub(crate) fn is_split(snapshot: &RoutingSnapshot) -> bool {
+    snapshot.read.version() != snapshot.write.version()
+        || snapshot.read.nodes() != snapshot.write.nodes()
+}
+
+/// Where a get of `hash` goes (`split`: [`is_split`] of `snapshot`). Reads follow the read table,
+/// which holds every key until a rebalance's copy is done, with two exceptions while the tables
+/// differ: a key the read table has no live owner for (right after the first attach the read
+/// table is empty) is read where it is written, and a key whose write coordinator is another
+/// server is read there first ([`ReadFrom::Newest`]). `None`: no live owner at all.
+pub(crate) fn read_from(snapshot: &RoutingSnapshot, split: bool, hash: u64) -> Option<ReadFrom> {
+    let owner = first_owner(&snapshot.read, hash);
+    if !split {
+        return owner.map(ReadFrom::Owner);
+    }
+    let coordinator = first_owner(&snapshot.write, hash);
+    match (owner, coordinator) {
+        (Some(owner), Some(coordinator)) if owner != coordinator => {
+            Some(ReadFrom::Newest { coordinator, owner })
+        }
+        (Some(owner), _) => Some(ReadFrom::Owner(owner)),
+        (None, coordinator) => coordinator.map(ReadFrom::Owner),
+    }
+}
+
 /// The first live owner of `hash`: where a get is read and a write coordinated. A table of one
 /// server needs no walk of the ring (one server owns every key).
-fn first_owner(table: &RoutingTable, hash: u64) -> Option<SocketAddr> {
+pub(crate) fn first_owner(table: &RoutingTable, hash: u64) -> Option<SocketAddr> {
     match table.nodes() {
         [(addr, NodeState::Active)] => Some(*addr),
         [_] => None,
@@ -388,5 +452,73 @@ mod tests {
             }
         }
         assert_eq!(first_owner(&RoutingTable::empty(), 7), None);
+    }
+
+    fn snapshot(write: RoutingTable, read: RoutingTable) -> RoutingSnapshot {
+        RoutingSnapshot {
+            write,
+            read,
+            ..RoutingSnapshot::empty()
+        }
+    }
+
+    #[test]
+    fn reads_follow_the_read_table_except_where_it_cannot_have_the_newest_write() {
+        let active = |n: u16| (addr(n), NodeState::Active);
+        let one = RoutingTable::new(1, vec![active(0)]).unwrap();
+        let four = RoutingTable::new(2, (0..4).map(active).collect()).unwrap();
+        // Settled: the read table's first owner.
+        let settled = snapshot(four.clone(), four.clone());
+        assert!(!is_split(&settled));
+        for i in 0..200u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            let owner = four.coordinator(hash).unwrap();
+            assert_eq!(
+                read_from(&settled, false, hash),
+                Some(ReadFrom::Owner(owner))
+            );
+        }
+        // Right after the first attach the read table is empty: read where writes go.
+        let first = snapshot(one.clone(), RoutingTable::empty());
+        assert!(is_split(&first));
+        assert_eq!(read_from(&first, true, 5), Some(ReadFrom::Owner(addr(0))));
+        // Every owner of the read table is down: the same.
+        let down = RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap();
+        let moved = snapshot(four.clone(), down);
+        assert_eq!(
+            read_from(&moved, true, 5),
+            Some(ReadFrom::Owner(four.coordinator(5).unwrap()))
+        );
+        // Growing from one server to four: keys that move ask their new coordinator first.
+        let growing = snapshot(four.clone(), one);
+        assert!(is_split(&growing));
+        let (mut moving, mut staying) = (0, 0);
+        for i in 0..200u64 {
+            let hash = key_hash(&i.to_le_bytes());
+            let coordinator = four.coordinator(hash).unwrap();
+            match read_from(&growing, true, hash) {
+                Some(ReadFrom::Owner(owner)) => {
+                    assert_eq!((owner, coordinator), (addr(0), addr(0)));
+                    staying += 1;
+                }
+                Some(ReadFrom::Newest {
+                    coordinator: first,
+                    owner,
+                }) => {
+                    assert_eq!((first, owner), (coordinator, addr(0)));
+                    moving += 1;
+                }
+                None => panic!("no owner for {hash}"),
+            }
+        }
+        assert!(moving > 0 && staying > 0, "{moving} {staying}");
+        assert_eq!(
+            read_from(
+                &snapshot(RoutingTable::empty(), RoutingTable::empty()),
+                false,
+                1
+            ),
+            None
+        );
     }
 }

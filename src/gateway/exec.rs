@@ -4,10 +4,13 @@
 //!
 //! Reads go to the live owners of the key under the read table, in ring order, failing over on an
 //! error or timeout (a miss is a miss, not retried); after a whole round fails the routing is
-//! refreshed and the next round starts, up to `-G` rounds. Writes go to the coordinator under the
-//! write table; on `NotOwner`, a transport error or a timeout the routing is refreshed and the write
-//! retried with backoff (100 ms doubling to 1 s) up to `-S`/`-D` tries and the write deadline. With
-//! no server attached at all a request fails at once with `SERVER_ERROR no servers attached`.
+//! refreshed and the next round starts, up to `-G` rounds. While a rebalance moves a key, its
+//! write coordinator is asked first (see [`super::dispatch::read_from`]). Writes go to the
+//! coordinator under the write table; on `NotOwner`, a transport error or a timeout the routing is
+//! refreshed and the write retried with backoff (100 ms doubling to 1 s) up to `-S`/`-D` tries and
+//! the write deadline. With no server attached at all a request asks the managers once more (a
+//! question sent after it arrived, so it sees an attach made just before), then fails with
+//! `SERVER_ERROR no servers attached`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +19,8 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use super::batch::ttl;
+use super::dispatch::{is_split, read_from, ReadFrom};
 use super::expiry::{absolute_exptime, delay_seconds, now_unix};
 use super::stats::{self, Counters, VERSION};
 use super::Shard;
@@ -23,7 +28,7 @@ use crate::protocol::{
     encode_keyed, Command, ErrorReply, Exptime, Reply, ReplyContext, Request, StoreMode, Value,
 };
 use crate::ring::{core_of, key_hash};
-use crate::rpc::messages::{DataRequest, DataResponse, RoutingSnapshot, WriteOp};
+use crate::rpc::messages::{Arith, DataRequest, DataResponse, RoutingSnapshot, WriteOp};
 use crate::rpc::RpcError;
 use crate::runtime;
 
@@ -45,18 +50,47 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The write a store command makes: a CAS token turns set (text `cas`, binary set) and binary
 /// replace into compare-and-swap (the swap needs the stored version to match, so it also implies the
-/// key exists).
+/// key exists), and binary append/prepend into their CAS forms.
 pub fn store_op(mode: StoreMode, cas: Option<u64>) -> WriteOp {
     match (mode, cas) {
         (StoreMode::Set | StoreMode::Replace, Some(version)) if version != 0 => {
             WriteOp::Cas { version }
         }
+        (StoreMode::Append, Some(version)) if version != 0 => WriteOp::AppendCas { version },
+        (StoreMode::Prepend, Some(version)) if version != 0 => WriteOp::PrependCas { version },
         (StoreMode::Set, _) => WriteOp::Set,
         (StoreMode::Add, _) => WriteOp::Add,
         (StoreMode::Replace, _) => WriteOp::Replace,
         (StoreMode::Append, _) => WriteOp::Append,
         (StoreMode::Prepend, _) => WriteOp::Prepend,
     }
+}
+
+/// The write an incr/decr makes, and its `exptime` (absolute, `now` being the time): everything
+/// travels in one op the coordinator applies in one step. A counter it creates expires at the
+/// meta `T` time if given, else at the initial value's (binary extras, meta `N`), as memcached
+/// does; `T` also sets the expiry of an existing counter.
+pub fn arith_write(
+    incr: bool,
+    delta: u64,
+    initial: Option<(u64, Exptime)>,
+    cas: u64,
+    touch: Option<Exptime>,
+    now: u64,
+) -> (WriteOp, u32) {
+    let touch = touch.map(|exptime| absolute_exptime(exptime, now));
+    let created = initial.map(|(_, exptime)| absolute_exptime(exptime, now));
+    let arith = Arith {
+        delta,
+        cas,
+        initial: initial.map(|(value, _)| value),
+        touch,
+    };
+    let op = match incr {
+        true => WriteOp::Incr(arith),
+        false => WriteOp::Decr(arith),
+    };
+    (op, touch.or(created).unwrap_or(0))
 }
 
 /// Plans one request. The flag is true when the connection must close after this reply (quit).
@@ -96,18 +130,22 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>, counted: bool) -> (Planned,
         } => {
             count(&c.cmd_set);
             let op = store_op(mode, cas);
+            let exptime = absolute_exptime(exptime, now_unix());
             let write = Write::new(shard, &key, op, value.to_vec(), flags, exptime, ctx.quiet);
             Planned::Later(Box::pin(store(shard.clone(), key.into_owned(), write, ctx)))
         }
         Command::Delete { key, cas } => {
             count(&c.cmd_delete);
             let noreply = ctx.quiet || shard.config.async_delete;
-            let write = Write::new(shard, &key, WriteOp::Delete, Vec::new(), 0, 0, noreply);
+            let op = match cas {
+                0 => WriteOp::Delete,
+                version => WriteOp::DeleteCas { version },
+            };
+            let write = Write::new(shard, &key, op, Vec::new(), 0, 0, noreply);
             Planned::Later(Box::pin(delete(
                 shard.clone(),
                 key.into_owned(),
                 write,
-                cas,
                 ctx,
             )))
         }
@@ -116,25 +154,17 @@ pub fn plan(shard: &Rc<Shard>, request: Request<'_>, counted: bool) -> (Planned,
             key,
             delta,
             initial,
-            cas: _,
-            touch: _,
+            cas,
+            touch,
         } => {
             count(&c.cmd_arith);
-            let op = match incr {
-                true => WriteOp::Incr { delta },
-                false => WriteOp::Decr { delta },
-            };
-            let write = Write::new(shard, &key, op, Vec::new(), 0, 0, false);
-            Planned::Later(Box::pin(arith(
-                shard.clone(),
-                key.into_owned(),
-                write,
-                initial,
-                ctx,
-            )))
+            let (op, exptime) = arith_write(incr, delta, initial, cas, touch, now_unix());
+            let write = Write::new(shard, &key, op, Vec::new(), 0, exptime, false);
+            Planned::Later(Box::pin(arith(shard.clone(), key.into_owned(), write, ctx)))
         }
         Command::Touch { key, exptime } => {
             count(&c.cmd_touch);
+            let exptime = absolute_exptime(exptime, now_unix());
             let write = Write::new(shard, &key, WriteOp::Touch, Vec::new(), 0, exptime, false);
             Planned::Later(Box::pin(touch(shard.clone(), key.into_owned(), write, ctx)))
         }
@@ -189,13 +219,14 @@ struct Write {
 }
 
 impl Write {
+    /// `exptime`: absolute unix seconds, 0 = never.
     fn new(
         shard: &Shard,
         key: &[u8],
         op: WriteOp,
         value: Vec<u8>,
         flags: u32,
-        exptime: Exptime,
+        exptime: u32,
         noreply: bool,
     ) -> Write {
         let key = stored_key(shard, key);
@@ -210,7 +241,7 @@ impl Write {
             op,
             value,
             flags,
-            exptime: absolute_exptime(exptime, now_unix()),
+            exptime,
             noreply,
         };
         Write {
@@ -236,13 +267,15 @@ async fn call_server(
     pipe.call(request, shard.config.call_timeout).await
 }
 
-/// The current snapshot, fetched first if this shard has not heard from a manager yet.
+/// The current snapshot. One without any server (this shard has not heard from a manager yet, or
+/// nothing was attached when it last did) is asked for again first, with a question sent after
+/// this request arrived: a request that follows a `kumoctl attach` sees the attached servers.
 async fn routing(shard: &Shard) -> Rc<RoutingSnapshot> {
     let snapshot = shard.router.snapshot();
     if snapshot.epoch != 0 && !snapshot.write.nodes().is_empty() {
         return snapshot;
     }
-    shard.router.refresh().await;
+    shard.router.refresh_fresh().await;
     shard.router.snapshot()
 }
 
@@ -311,12 +344,37 @@ struct Item {
     value: Vec<u8>,
     flags: u32,
     version: u64,
+    /// Absolute unix seconds, 0 = never.
+    exptime: u32,
+}
+
+impl Item {
+    /// The item of a `Value` answer; `None` for any other.
+    fn of(response: DataResponse) -> Option<Item> {
+        match response {
+            DataResponse::Value {
+                value,
+                flags,
+                version,
+                exptime,
+            } => Some(Item {
+                value,
+                flags,
+                version,
+                exptime,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Reads a key from its live owners, failing over as the module doc says.
 async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
     let hash = key_hash(&key);
-    let request = DataRequest::Get { hash, key };
+    let get = DataRequest::Get {
+        hash,
+        key: key.clone(),
+    };
     let rounds = shard.config.get_retry.max(1);
     let mut backoff = FIRST_BACKOFF;
     for round in 0..rounds {
@@ -324,29 +382,38 @@ async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
         if snapshot.read.nodes().is_empty() && snapshot.write.nodes().is_empty() {
             return Err(NO_SERVERS);
         }
-        // Before the first rebalance completes the read table may still be empty: read where the
-        // writes go.
-        let table = match snapshot.read.nodes().is_empty() {
-            true => &snapshot.write,
-            false => &snapshot.read,
+        let newest = match read_from(&snapshot, is_split(&snapshot), hash) {
+            Some(ReadFrom::Newest { coordinator, .. }) => Some(coordinator),
+            _ => None,
         };
-        for (i, &owner) in table.assign(hash).iter().enumerate() {
+        if let Some(coordinator) = newest {
+            // The key moves: its write coordinator has what this connection wrote before.
+            let request = DataRequest::GetNewest {
+                hash,
+                key: key.clone(),
+            };
+            let core = core_of(hash, snapshot.shards_of(&coordinator));
+            match call_server(shard, coordinator, core, &request).await {
+                Ok(DataResponse::NotFound) => return Ok(None),
+                Ok(DataResponse::Absent) => {}
+                Ok(response @ DataResponse::Value { .. }) => return Ok(Item::of(response)),
+                Ok(other) => crate::info!("gateway: get from {coordinator}: {other:?}"),
+                Err(e) => crate::info!("gateway: get from {coordinator}: {e}"),
+            }
+        }
+        // The read table's live owners; the write table's when it has none for the key (the read
+        // table is empty until the first attach's copy is done).
+        let mut owners = snapshot.read.assign(hash);
+        if owners.is_empty() {
+            owners = snapshot.write.assign(hash);
+        }
+        for (i, &owner) in owners.iter().enumerate() {
             if round > 0 || i > 0 {
                 Counters::bump(&shard.counters.retries);
             }
             let core = core_of(hash, snapshot.shards_of(&owner));
-            match call_server(shard, owner, core, &request).await {
-                Ok(DataResponse::Value {
-                    value,
-                    flags,
-                    version,
-                }) => {
-                    return Ok(Some(Item {
-                        value,
-                        flags,
-                        version,
-                    }))
-                }
+            match call_server(shard, owner, core, &get).await {
+                Ok(response @ DataResponse::Value { .. }) => return Ok(Item::of(response)),
                 Ok(DataResponse::NotFound) => return Ok(None),
                 Ok(other) => crate::info!("gateway: get from {owner}: {other:?}"),
                 Err(e) => crate::info!("gateway: get from {owner}: {e}"),
@@ -361,27 +428,43 @@ async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
     Err("get failed")
 }
 
+/// A get-and-touch of one key: one write at the key's coordinator, which answers the value.
+async fn get_and_touch(shard: &Shard, key: &[u8], exptime: u32) -> Result<Option<Item>, Failure> {
+    let write = Write::new(
+        shard,
+        key,
+        WriteOp::GetAndTouch,
+        Vec::new(),
+        0,
+        exptime,
+        false,
+    );
+    match send_write(shard, &write).await? {
+        DataResponse::NotFound => Ok(None),
+        response @ DataResponse::Value { .. } => Ok(Item::of(response)),
+        _ => Err("unexpected answer from server"),
+    }
+}
+
 async fn get(
     shard: Rc<Shard>,
     keys: Vec<Vec<u8>>,
     touch: Option<Exptime>,
     ctx: ReplyContext,
 ) -> Vec<u8> {
+    let touch = touch.map(|exptime| absolute_exptime(exptime, now_unix()));
     let lookups: Vec<_> = keys
         .iter()
         .map(|key| {
             let shard = shard.clone();
             async move {
-                if let Some(exptime) = touch {
-                    Counters::bump(&shard.counters.cmd_touch);
-                    let write =
-                        Write::new(&shard, key, WriteOp::Touch, Vec::new(), 0, exptime, false);
-                    match send_write(&shard, &write).await? {
-                        DataResponse::Touched => {}
-                        _ => return Ok(None),
+                match touch {
+                    Some(exptime) => {
+                        Counters::bump(&shard.counters.cmd_touch);
+                        get_and_touch(&shard, key, exptime).await
                     }
+                    None => read(&shard, stored_key(&shard, key)).await,
                 }
-                read(&shard, stored_key(&shard, key)).await
             }
         })
         .collect();
@@ -400,7 +483,7 @@ async fn get(
                     flags: item.flags,
                     cas: item.version,
                     data: &item.value,
-                    ttl: -1,
+                    ttl: ttl(item.exptime),
                 })
             }
             _ => {
@@ -426,64 +509,35 @@ async fn store(shard: Rc<Shard>, key: Vec<u8>, write: Write, ctx: ReplyContext) 
     encode_one(reply, &ctx, &key)
 }
 
-async fn delete(
-    shard: Rc<Shard>,
-    key: Vec<u8>,
-    write: Write,
-    cas: u64,
-    ctx: ReplyContext,
-) -> Vec<u8> {
-    if cas != 0 {
-        // Compare first: a concurrent write between the read and the delete can still win, which
-        // memcached's own CAS semantics allow for a client that retries.
-        match read(&shard, stored_key(&shard, &key)).await {
-            Ok(Some(item)) if item.version == cas => {}
-            Ok(Some(_)) => return encode_one(Reply::Exists, &ctx, &key),
-            Ok(None) => return encode_one(Reply::NotFound, &ctx, &key),
-            Err(why) => return encode_one(server_error(&shard, why), &ctx, &key),
-        }
-    }
+async fn delete(shard: Rc<Shard>, key: Vec<u8>, write: Write, ctx: ReplyContext) -> Vec<u8> {
     let reply = match send_write(&shard, &write).await {
         Ok(DataResponse::Deleted) => Reply::Deleted,
         Ok(DataResponse::NotFound) => Reply::NotFound,
+        Ok(DataResponse::Exists) => Reply::Exists,
         Ok(_) => server_error(&shard, "unexpected answer from server"),
         Err(why) => server_error(&shard, why),
     };
     encode_one(reply, &ctx, &key)
 }
 
-async fn arith(
-    shard: Rc<Shard>,
-    key: Vec<u8>,
-    write: Write,
-    initial: Option<(u64, Exptime)>,
-    ctx: ReplyContext,
-) -> Vec<u8> {
-    // Two rounds at most: a missing key with an initial value is created with Add, and if another
-    // client created it first the increment is sent again.
-    for _ in 0..2 {
-        let reply = match send_write(&shard, &write).await {
-            Ok(DataResponse::Number { value, version }) => Reply::Number(value, version),
-            Ok(DataResponse::NotFound) => match initial {
-                None => Reply::NotFound,
-                Some((value, exptime)) => {
-                    let text = value.to_string().into_bytes();
-                    let add = Write::new(&shard, &key, WriteOp::Add, text, 0, exptime, false);
-                    match send_write(&shard, &add).await {
-                        Ok(DataResponse::Stored { version }) => Reply::Number(value, version),
-                        Ok(DataResponse::NotStored) => continue,
-                        Ok(_) => server_error(&shard, "unexpected answer from server"),
-                        Err(why) => server_error(&shard, why),
-                    }
-                }
-            },
-            Ok(DataResponse::NonNumeric) => Reply::Error(ErrorReply::NonNumeric),
-            Ok(_) => server_error(&shard, "unexpected answer from server"),
-            Err(why) => server_error(&shard, why),
-        };
-        return encode_one(reply, &ctx, &key);
-    }
-    encode_one(server_error(&shard, "store failed"), &ctx, &key)
+async fn arith(shard: Rc<Shard>, key: Vec<u8>, write: Write, ctx: ReplyContext) -> Vec<u8> {
+    let reply = match send_write(&shard, &write).await {
+        Ok(DataResponse::Number {
+            value,
+            version,
+            exptime,
+        }) => Reply::Counter {
+            value,
+            cas: version,
+            ttl: ttl(exptime),
+        },
+        Ok(DataResponse::NotFound) => Reply::NotFound,
+        Ok(DataResponse::Exists) => Reply::Exists,
+        Ok(DataResponse::NonNumeric) => Reply::Error(ErrorReply::NonNumeric),
+        Ok(_) => server_error(&shard, "unexpected answer from server"),
+        Err(why) => server_error(&shard, why),
+    };
+    encode_one(reply, &ctx, &key)
 }
 
 async fn touch(shard: Rc<Shard>, key: Vec<u8>, write: Write, ctx: ReplyContext) -> Vec<u8> {

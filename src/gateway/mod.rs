@@ -33,10 +33,16 @@
 //! # Semantics
 //!
 //! memcached 1.6 as a client sees it: flags and expiry always work (kumofs's `-F`/`-E` are accepted
-//! no-ops), expiry is converted to absolute unix seconds before it is sent, the CAS token is the
-//! version the server returns, deletes of missing keys answer `NOT_FOUND`. Reads try the live owners
-//! of the read table in order and fail over on errors; writes go to the coordinator of the write
-//! table and are retried with backoff after a routing refresh, within bounded time.
+//! no-ops), expiry is converted to absolute unix seconds before it is sent (and the time left is
+//! shown from the absolute expiry the server answers with, meta `t`), the CAS token is the version
+//! the server returns, deletes of missing keys answer `NOT_FOUND`. Every command is one call per
+//! key: the coordinator applies a read-modify-write (an incr/decr with a CAS, an initial value or a
+//! new expiry, a CAS append or delete, a get-and-touch) in one step, so the requests of one
+//! connection take effect in request order (see [`batch`], "Order"). Reads try the live owners of
+//! the read table in order and fail over on errors (during a rebalance, a key that moves is asked
+//! of its write coordinator first, see [`dispatch::read_from`]); writes go to the coordinator of
+//! the write table and are retried with backoff after a routing refresh, within bounded time.
+//! Where kumofs still answers differently from memcached, and why: `src/protocol/CONFORMANCE.md`.
 
 mod batch;
 mod conn;
@@ -134,7 +140,8 @@ pub trait LocalServer {
     fn routing(&self) -> Rc<RoutingSnapshot>;
     /// Serves a get of a key owned by this very shard from its engine, now, and hands the answer
     /// to `answer`. The caller found this server among the key's owners in [`Self::routing`].
-    fn get_now(&self, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>));
+    /// `newest`: answer as to a `DataRequest::GetNewest` (`Absent` when no record is held).
+    fn get_now(&self, key: &[u8], newest: bool, answer: &mut dyn FnMut(DataResponseRef<'_>));
     /// Any data request to this server, served in-process: on the key's shard (over the mesh when
     /// that is another one), with the server's checks, versioning and replication.
     fn call(&self, request: DataRequest) -> Pin<Box<dyn Future<Output = DataResponse>>>;

@@ -38,6 +38,7 @@ pub struct Router {
     source: Option<SnapshotSource>,
     managers: Vec<ManagerClient>,
     pipes: RefCell<HashMap<(SocketAddr, u32), Pipe>>,
+    /// When the last completed round of questions to the managers was asked.
     last_refresh: Cell<Option<Instant>>,
     refreshing: Cell<bool>,
     peer_name: String,
@@ -122,15 +123,7 @@ impl Router {
     /// few milliseconds). Returns once the answer, or the failure, is in.
     pub async fn refresh(&self) {
         if let Some(source) = &self.source {
-            // The source is kept current by its owner (a server's keepalives, every 500 ms):
-            // wait for a newer snapshot, up to one such interval.
-            let known = source().epoch;
-            for _ in 0..(FOLLOW_WAIT.as_millis() / FOLLOW_STEP.as_millis()) {
-                runtime::sleep(FOLLOW_STEP).await;
-                if source().epoch != known {
-                    break;
-                }
-            }
+            Self::follow(source).await;
             return;
         }
         let recent = self
@@ -140,12 +133,63 @@ impl Router {
         if recent {
             return;
         }
-        if self.refreshing.replace(true) {
+        if self.refreshing.get() {
             // Another task is refreshing: give it the time of one manager round trip.
             runtime::sleep(MIN_REFRESH_GAP).await;
             return;
         }
+        self.fetch().await;
+    }
+
+    /// Like [`Router::refresh`], but returns only once the managers answered a question asked
+    /// after this call began (or they failed to), so that a change the manager made just before
+    /// (a `kumoctl attach`) is seen. Used when the snapshot has no server at all: refreshes stay
+    /// at most one per [`MIN_REFRESH_GAP`], a caller waits for the next one instead.
+    pub async fn refresh_fresh(&self) {
+        if let Some(source) = &self.source {
+            Self::follow(source).await;
+            return;
+        }
+        let since = Instant::now();
+        // Bounded: a refresh takes at most the managers' call timeouts.
+        for _ in 0..1000 {
+            if self.last_refresh.get().is_some_and(|at| at >= since) {
+                return;
+            }
+            if self.refreshing.get() {
+                runtime::sleep(FOLLOW_STEP).await;
+                continue;
+            }
+            if let Some(wait) = self
+                .last_refresh
+                .get()
+                .and_then(|at| MIN_REFRESH_GAP.checked_sub(at.elapsed()))
+            {
+                runtime::sleep(wait).await;
+                continue;
+            }
+            self.fetch().await;
+            return;
+        }
+    }
+
+    /// The source is kept current by its owner (a server's keepalives, every 500 ms): waits for a
+    /// newer snapshot, up to one such interval.
+    async fn follow(source: &SnapshotSource) {
+        let known = source().epoch;
+        for _ in 0..(FOLLOW_WAIT.as_millis() / FOLLOW_STEP.as_millis()) {
+            runtime::sleep(FOLLOW_STEP).await;
+            if source().epoch != known {
+                break;
+            }
+        }
+    }
+
+    /// One round of questions to the managers; `last_refresh` records when it was asked.
+    async fn fetch(&self) {
+        self.refreshing.set(true);
         let _reset = ResetOnDrop(&self.refreshing);
+        let asked = Instant::now();
         for manager in &self.managers {
             let known_version = self.snapshot.borrow().epoch;
             match manager
@@ -165,7 +209,7 @@ impl Router {
                 }
             }
         }
-        self.last_refresh.set(Some(Instant::now()));
+        self.last_refresh.set(Some(asked));
     }
 
     /// Polls the managers every [`POLL_INTERVAL`] until `stop` fires.

@@ -1,8 +1,9 @@
-//! Hand-written msgpack for the data path's hot messages: `DataRequest::Get`/`Write` and the
-//! `DataResponse`s they get. The bytes are exactly what rmp-serde writes for the same values (tests
-//! below check it), so either side may use either codec; the hand codec only saves the work serde
-//! does per message: matching variant names through a visitor, and above all allocating a `Vec` for
-//! every key and value. Decoding borrows keys and values from the frame instead.
+//! Hand-written msgpack for the data path's hot messages: `DataRequest::Get`/`GetNewest`/`Write`
+//! and the `DataResponse`s they get. The bytes are exactly what rmp-serde writes for the same
+//! values (tests below check it), so either side may use either codec; the hand codec only saves
+//! the work serde does per message: matching variant names through a visitor, and above all
+//! allocating a `Vec` for every key and value. Decoding borrows keys and values from the frame
+//! instead.
 //!
 //! # Layout (rmp-serde's, written out)
 //!
@@ -13,28 +14,38 @@
 //! `0xc2`/`0xc3`; strings are fixstr `0xa0|len`, `0xd9` len8, `0xda` len16, `0xdb` len32.
 //!
 //! ```text
-//! Get      81 a3 "Get"      92 hash bin(key)
-//! Write    81 a5 "Write"    97 hash bin(key) op bin(value) flags exptime noreply
-//!            op: a3 "Set" | a3 "Add" | a7 "Replace" | a6 "Append" | a7 "Prepend" | a5 "Touch"
-//!                | a6 "Delete" | 81 a3 "Cas" 91 version | 81 a4 "Incr" 91 delta | 81 a4 "Decr" 91 delta
-//! Value    81 a5 "Value"    93 bin(value) flags version
-//! Stored   81 a6 "Stored"   91 version
-//! Number   81 a6 "Number"   92 value version
-//! NotOwner 81 a8 "NotOwner" 91 routing_version
-//! Error    81 a5 "Error"    str(message)
-//! NotFound, NotStored, Exists, Deleted, NonNumeric, Touched, Flushed: the name alone
+//! Get       81 a3 "Get"       92 hash bin(key)
+//! GetNewest 81 a9 "GetNewest" 92 hash bin(key)
+//! Write     81 a5 "Write"     97 hash bin(key) op bin(value) flags exptime noreply
+//!             op: a3 "Set" | a3 "Add" | a7 "Replace" | a6 "Append" | a7 "Prepend" | a5 "Touch"
+//!                 | a6 "Delete" | ab "GetAndTouch" | 81 a3 "Cas" 91 version
+//!                 | 81 a9 "AppendCas" 91 version | 81 aa "PrependCas" 91 version
+//!                 | 81 a9 "DeleteCas" 91 version
+//!                 | 81 a4 "Incr" 94 delta cas initial touch
+//!                 | 81 a4 "Decr" 94 delta cas initial touch
+//!             (initial and touch: c0 (nil) for none, else the number)
+//! Value     81 a5 "Value"     94 bin(value) flags version exptime
+//! Stored    81 a6 "Stored"    91 version
+//! Number    81 a6 "Number"    93 value version exptime
+//! NotOwner  81 a8 "NotOwner"  91 routing_version
+//! Error     81 a5 "Error"     str(message)
+//! NotFound, NotStored, Exists, Deleted, NonNumeric, Touched, Flushed, Absent: the name alone
 //! ```
 //!
 //! Anything the decoders here do not recognise (other variants, other integer widths) returns
 //! `None`, and the caller falls back to rmp-serde, so this is an optimisation and never a dialect.
 
-use super::messages::{DataRequest, DataResponse, WriteOp};
+use super::messages::{Arith, DataRequest, DataResponse, WriteOp};
 use super::RpcError;
 
 /// A data request whose key and value borrow from the frame it was decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataRequestRef<'a> {
     Get {
+        hash: u64,
+        key: &'a [u8],
+    },
+    GetNewest {
         hash: u64,
         key: &'a [u8],
     },
@@ -54,6 +65,10 @@ impl DataRequestRef<'_> {
     pub fn to_owned(&self) -> DataRequest {
         match *self {
             DataRequestRef::Get { hash, key } => DataRequest::Get {
+                hash,
+                key: key.to_vec(),
+            },
+            DataRequestRef::GetNewest { hash, key } => DataRequest::GetNewest {
                 hash,
                 key: key.to_vec(),
             },
@@ -85,6 +100,7 @@ pub enum DataResponseRef<'a> {
         value: &'a [u8],
         flags: u32,
         version: u64,
+        exptime: u32,
     },
     NotFound,
     Stored {
@@ -96,6 +112,7 @@ pub enum DataResponseRef<'a> {
     Number {
         value: u64,
         version: u64,
+        exptime: u32,
     },
     NonNumeric,
     Touched,
@@ -104,6 +121,7 @@ pub enum DataResponseRef<'a> {
         routing_version: u64,
     },
     Error(&'a str),
+    Absent,
 }
 
 impl DataResponseRef<'_> {
@@ -113,17 +131,27 @@ impl DataResponseRef<'_> {
                 value,
                 flags,
                 version,
+                exptime,
             } => DataResponse::Value {
                 value: value.to_vec(),
                 flags,
                 version,
+                exptime,
             },
             DataResponseRef::NotFound => DataResponse::NotFound,
             DataResponseRef::Stored { version } => DataResponse::Stored { version },
             DataResponseRef::NotStored => DataResponse::NotStored,
             DataResponseRef::Exists => DataResponse::Exists,
             DataResponseRef::Deleted => DataResponse::Deleted,
-            DataResponseRef::Number { value, version } => DataResponse::Number { value, version },
+            DataResponseRef::Number {
+                value,
+                version,
+                exptime,
+            } => DataResponse::Number {
+                value,
+                version,
+                exptime,
+            },
             DataResponseRef::NonNumeric => DataResponse::NonNumeric,
             DataResponseRef::Touched => DataResponse::Touched,
             DataResponseRef::Flushed => DataResponse::Flushed,
@@ -131,6 +159,7 @@ impl DataResponseRef<'_> {
                 DataResponse::NotOwner { routing_version }
             }
             DataResponseRef::Error(message) => DataResponse::Error(message.to_string()),
+            DataResponseRef::Absent => DataResponse::Absent,
         }
     }
 
@@ -141,19 +170,26 @@ impl DataResponseRef<'_> {
                 value,
                 flags,
                 version,
+                exptime,
             } => DataResponseRef::Value {
                 value,
                 flags: *flags,
                 version: *version,
+                exptime: *exptime,
             },
             DataResponse::NotFound => DataResponseRef::NotFound,
             DataResponse::Stored { version } => DataResponseRef::Stored { version: *version },
             DataResponse::NotStored => DataResponseRef::NotStored,
             DataResponse::Exists => DataResponseRef::Exists,
             DataResponse::Deleted => DataResponseRef::Deleted,
-            DataResponse::Number { value, version } => DataResponseRef::Number {
+            DataResponse::Number {
+                value,
+                version,
+                exptime,
+            } => DataResponseRef::Number {
                 value: *value,
                 version: *version,
+                exptime: *exptime,
             },
             DataResponse::NonNumeric => DataResponseRef::NonNumeric,
             DataResponse::Touched => DataResponseRef::Touched,
@@ -162,6 +198,7 @@ impl DataResponseRef<'_> {
                 routing_version: *routing_version,
             },
             DataResponse::Error(message) => DataResponseRef::Error(message),
+            DataResponse::Absent => DataResponseRef::Absent,
             DataResponse::Stats(_) => return None,
         })
     }
@@ -243,6 +280,21 @@ pub fn put_get(out: &mut Vec<u8>, hash: u64, key: KeyParts<'_>) {
     key.put(out);
 }
 
+/// Appends the payload of `DataRequest::GetNewest`.
+pub fn put_get_newest(out: &mut Vec<u8>, hash: u64, key: KeyParts<'_>) {
+    put_variant(out, "GetNewest", 2);
+    put_uint(out, hash);
+    key.put(out);
+}
+
+/// An `Option<u64>` as rmp-serde writes it: nil, or the number.
+fn put_option(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        None => out.push(0xc0),
+        Some(v) => put_uint(out, v),
+    }
+}
+
 fn put_op(out: &mut Vec<u8>, op: WriteOp) {
     let (name, field) = match op {
         WriteOp::Set => ("Set", None),
@@ -252,9 +304,13 @@ fn put_op(out: &mut Vec<u8>, op: WriteOp) {
         WriteOp::Prepend => ("Prepend", None),
         WriteOp::Touch => ("Touch", None),
         WriteOp::Delete => ("Delete", None),
+        WriteOp::GetAndTouch => ("GetAndTouch", None),
         WriteOp::Cas { version } => ("Cas", Some(version)),
-        WriteOp::Incr { delta } => ("Incr", Some(delta)),
-        WriteOp::Decr { delta } => ("Decr", Some(delta)),
+        WriteOp::AppendCas { version } => ("AppendCas", Some(version)),
+        WriteOp::PrependCas { version } => ("PrependCas", Some(version)),
+        WriteOp::DeleteCas { version } => ("DeleteCas", Some(version)),
+        WriteOp::Incr(arith) => return put_arith(out, "Incr", arith),
+        WriteOp::Decr(arith) => return put_arith(out, "Decr", arith),
     };
     match field {
         None => put_str(out, name),
@@ -263,6 +319,14 @@ fn put_op(out: &mut Vec<u8>, op: WriteOp) {
             put_uint(out, value);
         }
     }
+}
+
+fn put_arith(out: &mut Vec<u8>, name: &str, arith: Arith) {
+    put_variant(out, name, 4);
+    put_uint(out, arith.delta);
+    put_uint(out, arith.cas);
+    put_option(out, arith.initial);
+    put_option(out, arith.touch.map(u64::from));
 }
 
 /// The fields of a `DataRequest::Write` besides its key.
@@ -292,6 +356,9 @@ pub fn put_write(out: &mut Vec<u8>, hash: u64, key: KeyParts<'_>, fields: WriteF
 pub fn put_request(out: &mut Vec<u8>, request: &DataRequest) -> Result<(), RpcError> {
     match request {
         DataRequest::Get { hash, key } => put_get(out, *hash, KeyParts { prefix: &[], key }),
+        DataRequest::GetNewest { hash, key } => {
+            put_get_newest(out, *hash, KeyParts { prefix: &[], key })
+        }
         DataRequest::Write {
             hash,
             key,
@@ -319,12 +386,13 @@ pub fn put_request(out: &mut Vec<u8>, request: &DataRequest) -> Result<(), RpcEr
 }
 
 /// Appends the payload of a `DataResponse::Value`.
-pub fn put_value(out: &mut Vec<u8>, value: &[u8], flags: u32, version: u64) {
-    put_variant(out, "Value", 3);
+pub fn put_value(out: &mut Vec<u8>, value: &[u8], flags: u32, version: u64, exptime: u32) {
+    put_variant(out, "Value", 4);
     put_bin_len(out, value.len());
     out.extend_from_slice(value);
     put_uint(out, u64::from(flags));
     put_uint(out, version);
+    put_uint(out, u64::from(exptime));
 }
 
 /// Appends the payload of `response`.
@@ -334,7 +402,8 @@ pub fn put_response_ref(out: &mut Vec<u8>, response: DataResponseRef<'_>) {
             value,
             flags,
             version,
-        } => put_value(out, value, flags, version),
+            exptime,
+        } => put_value(out, value, flags, version, exptime),
         DataResponseRef::NotFound => put_str(out, "NotFound"),
         DataResponseRef::Stored { version } => {
             put_variant(out, "Stored", 1);
@@ -343,10 +412,15 @@ pub fn put_response_ref(out: &mut Vec<u8>, response: DataResponseRef<'_>) {
         DataResponseRef::NotStored => put_str(out, "NotStored"),
         DataResponseRef::Exists => put_str(out, "Exists"),
         DataResponseRef::Deleted => put_str(out, "Deleted"),
-        DataResponseRef::Number { value, version } => {
-            put_variant(out, "Number", 2);
+        DataResponseRef::Number {
+            value,
+            version,
+            exptime,
+        } => {
+            put_variant(out, "Number", 3);
             put_uint(out, value);
             put_uint(out, version);
+            put_uint(out, u64::from(exptime));
         }
         DataResponseRef::NonNumeric => put_str(out, "NonNumeric"),
         DataResponseRef::Touched => put_str(out, "Touched"),
@@ -360,6 +434,7 @@ pub fn put_response_ref(out: &mut Vec<u8>, response: DataResponseRef<'_>) {
             put_str(out, "Error");
             put_str(out, message);
         }
+        DataResponseRef::Absent => put_str(out, "Absent"),
     }
 }
 
@@ -417,6 +492,15 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         u32::try_from(self.uint()?).ok()
+    }
+
+    /// An optional number: `Some(None)` for nil.
+    fn option_uint(&mut self) -> Option<Option<u64>> {
+        if self.buf.first() == Some(&0xc0) {
+            self.byte()?;
+            return Some(None);
+        }
+        Some(Some(self.uint()?))
     }
 
     fn bool(&mut self) -> Option<bool> {
@@ -486,16 +570,34 @@ fn op(reader: &mut Reader<'_>) -> Option<WriteOp> {
         (b"Prepend", None) => WriteOp::Prepend,
         (b"Touch", None) => WriteOp::Touch,
         (b"Delete", None) => WriteOp::Delete,
+        (b"GetAndTouch", None) => WriteOp::GetAndTouch,
         (b"Cas", Some(1)) => WriteOp::Cas {
             version: reader.uint()?,
         },
-        (b"Incr", Some(1)) => WriteOp::Incr {
-            delta: reader.uint()?,
+        (b"AppendCas", Some(1)) => WriteOp::AppendCas {
+            version: reader.uint()?,
         },
-        (b"Decr", Some(1)) => WriteOp::Decr {
-            delta: reader.uint()?,
+        (b"PrependCas", Some(1)) => WriteOp::PrependCas {
+            version: reader.uint()?,
         },
+        (b"DeleteCas", Some(1)) => WriteOp::DeleteCas {
+            version: reader.uint()?,
+        },
+        (b"Incr", Some(4)) => WriteOp::Incr(arith(reader)?),
+        (b"Decr", Some(4)) => WriteOp::Decr(arith(reader)?),
         _ => return None,
+    })
+}
+
+fn arith(reader: &mut Reader<'_>) -> Option<Arith> {
+    Some(Arith {
+        delta: reader.uint()?,
+        cas: reader.uint()?,
+        initial: reader.option_uint()?,
+        touch: match reader.option_uint()? {
+            None => None,
+            Some(at) => Some(u32::try_from(at).ok()?),
+        },
     })
 }
 
@@ -505,6 +607,10 @@ pub fn decode_request(payload: &[u8]) -> Option<DataRequestRef<'_>> {
     let mut r = Reader { buf: payload };
     let request = match r.variant()? {
         (b"Get", Some(2)) => DataRequestRef::Get {
+            hash: r.uint()?,
+            key: r.bin()?,
+        },
+        (b"GetNewest", Some(2)) => DataRequestRef::GetNewest {
             hash: r.uint()?,
             key: r.bin()?,
         },
@@ -527,19 +633,21 @@ pub fn decode_request(payload: &[u8]) -> Option<DataRequestRef<'_>> {
 pub fn decode_response(payload: &[u8]) -> Option<DataResponseRef<'_>> {
     let mut r = Reader { buf: payload };
     let response = match r.variant()? {
-        (b"Value", Some(3)) => DataResponseRef::Value {
+        (b"Value", Some(4)) => DataResponseRef::Value {
             value: r.bin()?,
             flags: r.u32()?,
             version: r.uint()?,
+            exptime: r.u32()?,
         },
         (b"NotFound", None) => DataResponseRef::NotFound,
         (b"Stored", Some(1)) => DataResponseRef::Stored { version: r.uint()? },
         (b"NotStored", None) => DataResponseRef::NotStored,
         (b"Exists", None) => DataResponseRef::Exists,
         (b"Deleted", None) => DataResponseRef::Deleted,
-        (b"Number", Some(2)) => DataResponseRef::Number {
+        (b"Number", Some(3)) => DataResponseRef::Number {
             value: r.uint()?,
             version: r.uint()?,
+            exptime: r.u32()?,
         },
         (b"NonNumeric", None) => DataResponseRef::NonNumeric,
         (b"Touched", None) => DataResponseRef::Touched,
@@ -548,6 +656,7 @@ pub fn decode_response(payload: &[u8]) -> Option<DataResponseRef<'_>> {
             routing_version: r.uint()?,
         },
         (b"Error", Some(0)) => DataResponseRef::Error(r.str()?),
+        (b"Absent", None) => DataResponseRef::Absent,
         _ => return None,
     };
     r.end()?;
@@ -573,146 +682,5 @@ pub fn decode_response_owned(payload: &[u8]) -> Result<DataResponse, RpcError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ops() -> Vec<WriteOp> {
-        vec![
-            WriteOp::Set,
-            WriteOp::Add,
-            WriteOp::Replace,
-            WriteOp::Append,
-            WriteOp::Prepend,
-            WriteOp::Cas { version: 0 },
-            WriteOp::Cas { version: u64::MAX },
-            WriteOp::Incr { delta: 127 },
-            WriteOp::Decr { delta: 128 },
-            WriteOp::Touch,
-            WriteOp::Delete,
-        ]
-    }
-
-    /// Integers at every width boundary, and byte strings at every length-prefix boundary.
-    const NUMBERS: [u64; 10] = [
-        0,
-        127,
-        128,
-        255,
-        256,
-        65535,
-        65536,
-        (1 << 32) - 1,
-        1 << 32,
-        u64::MAX,
-    ];
-    const LENGTHS: [usize; 6] = [0, 1, 255, 256, 65535, 65536];
-
-    #[test]
-    fn requests_match_rmp_serde_byte_for_byte_and_decode_back() {
-        let mut requests = Vec::new();
-        for (i, &n) in NUMBERS.iter().enumerate() {
-            for &len in &LENGTHS {
-                let key = vec![b'k'; len.min(300)];
-                requests.push(DataRequest::Get {
-                    hash: n,
-                    key: key.clone(),
-                });
-                for op in ops() {
-                    requests.push(DataRequest::Write {
-                        hash: n,
-                        key: key.clone(),
-                        op,
-                        value: vec![7; len],
-                        flags: n as u32,
-                        exptime: NUMBERS[(i + 3) % NUMBERS.len()] as u32,
-                        noreply: len % 2 == 0,
-                    });
-                }
-            }
-        }
-        for request in requests {
-            let serde = rmp_serde::to_vec(&request).unwrap();
-            let mut hand = Vec::new();
-            put_request(&mut hand, &request).unwrap();
-            assert!(serde == hand, "encoding differs for {request:?}");
-            assert_eq!(decode_request(&hand).unwrap().to_owned(), request);
-            assert_eq!(decode_request_owned(&serde).unwrap(), request);
-        }
-    }
-
-    #[test]
-    fn responses_match_rmp_serde_byte_for_byte_and_decode_back() {
-        let mut responses = vec![
-            DataResponse::NotFound,
-            DataResponse::NotStored,
-            DataResponse::Exists,
-            DataResponse::Deleted,
-            DataResponse::NonNumeric,
-            DataResponse::Touched,
-            DataResponse::Flushed,
-            DataResponse::Error(String::new()),
-            DataResponse::Error("replication failed: x".repeat(20)),
-        ];
-        for &n in &NUMBERS {
-            responses.push(DataResponse::Stored { version: n });
-            responses.push(DataResponse::Number {
-                value: n,
-                version: !n,
-            });
-            responses.push(DataResponse::NotOwner { routing_version: n });
-            for &len in &LENGTHS {
-                responses.push(DataResponse::Value {
-                    value: vec![1; len],
-                    flags: n as u32,
-                    version: n,
-                });
-            }
-        }
-        for response in responses {
-            let serde = rmp_serde::to_vec(&response).unwrap();
-            let mut hand = Vec::new();
-            put_response(&mut hand, &response).unwrap();
-            assert!(serde == hand, "encoding differs for {response:?}");
-            assert_eq!(decode_response(&hand).unwrap().to_owned(), response);
-        }
-    }
-
-    #[test]
-    fn other_messages_fall_back_to_serde() {
-        let stats = DataResponse::Stats(vec![("a".into(), "b".into())]);
-        let bytes = rmp_serde::to_vec(&stats).unwrap();
-        assert_eq!(decode_response(&bytes), None);
-        assert_eq!(decode_response_owned(&bytes).unwrap(), stats);
-        let flush = DataRequest::FlushAll { delay: 5 };
-        let mut out = Vec::new();
-        put_request(&mut out, &flush).unwrap();
-        assert_eq!(decode_request(&out), None);
-        assert_eq!(decode_request_owned(&out).unwrap(), flush);
-    }
-
-    #[test]
-    fn truncated_or_trailing_bytes_are_not_decoded() {
-        let mut bytes = Vec::new();
-        put_get(
-            &mut bytes,
-            300,
-            KeyParts {
-                prefix: b"p:",
-                key: b"key",
-            },
-        );
-        assert_eq!(
-            decode_request(&bytes),
-            Some(DataRequestRef::Get {
-                hash: 300,
-                key: b"p:key"
-            })
-        );
-        for cut in 0..bytes.len() {
-            assert_eq!(decode_request(&bytes[..cut]), None, "cut at {cut}");
-        }
-        // Trailing bytes: not what rmp-serde writes, so the hand decoder leaves it to rmp-serde.
-        bytes.push(0);
-        assert_eq!(decode_request(&bytes), None);
-    }
-}
+#[path = "data_codec_tests.rs"]
+mod tests;

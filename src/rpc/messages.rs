@@ -20,6 +20,8 @@ use crate::cluster::state::ClusterState;
 use crate::ring::RoutingTable;
 
 /// What a data write does; the value and its metadata travel beside it in [`DataRequest::Write`].
+/// Every op is applied by the key's coordinator in one step, so the requests of one connection
+/// take effect in the order they were sent (a read-modify-write never needs a second round trip).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     Set,
@@ -31,15 +33,50 @@ pub enum WriteOp {
     Cas {
         version: u64,
     },
-    Incr {
-        delta: u64,
-    },
-    Decr {
-        delta: u64,
-    },
+    /// Answered with [`DataResponse::Number`] (or `NotFound`, `Exists`, `NonNumeric`).
+    Incr(Arith),
+    Decr(Arith),
     /// Update only the expiry time.
     Touch,
     Delete,
+    /// Append only if the current version is `version` (binary append with a CAS).
+    AppendCas {
+        version: u64,
+    },
+    PrependCas {
+        version: u64,
+    },
+    /// Delete only if the current version is `version` (binary and meta delete with a CAS).
+    DeleteCas {
+        version: u64,
+    },
+    /// Set a new expiry and answer the value as it was read, with its new version and expiry
+    /// (`gat`, binary GAT and TOUCH, meta `mg T`): [`DataResponse::Value`] or `NotFound`. A past
+    /// expiry answers the value once; then the key reads as missing.
+    GetAndTouch,
+}
+
+/// An incr or decr (memcached's `incr`/`decr`, binary INCREMENT/DECREMENT, meta `ma`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arith {
+    pub delta: u64,
+    /// Apply only if the current version is this one (0: whatever it is); otherwise `Exists`.
+    pub cas: u64,
+    /// Create a missing key with this value (binary initial, meta `N`/`J`), expiring at the
+    /// write's `exptime`. The CAS is not compared on creation (as memcached does).
+    pub initial: Option<u64>,
+    /// A new expiry, absolute unix seconds (0 = never), set with the result (meta `ma T`).
+    pub touch: Option<u32>,
+}
+
+impl Arith {
+    /// A plain incr/decr by `delta`.
+    pub fn by(delta: u64) -> Arith {
+        Arith {
+            delta,
+            ..Arith::default()
+        }
+    }
 }
 
 /// Gateway -> server requests. `hash` is the key's 64-bit hash, computed once by the gateway.
@@ -59,6 +96,8 @@ pub enum DataRequest {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         flags: u32,
+        /// Absolute unix seconds, 0 = never: the expiry of what the write stores (of a counter an
+        /// incr/decr creates; the new expiry of a touch).
         exptime: u32,
         /// The client will not read the answer: the server may reply before replication completes.
         noreply: bool,
@@ -68,6 +107,16 @@ pub enum DataRequest {
         delay: u32,
     },
     Stats,
+    /// A get sent to the key's write coordinator while a rebalance moves the key (its first live
+    /// owner under the read table is another server): answered like `Get`, except that a key of
+    /// which this server holds no record at all (not even a tombstone) is answered
+    /// [`DataResponse::Absent`], and the gateway then reads the read table's owner. So a get
+    /// reads what the writes before it on its connection wrote, even before they were replicated.
+    GetNewest {
+        hash: u64,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// Server -> gateway answers to [`DataRequest`].
@@ -78,6 +127,8 @@ pub enum DataResponse {
         value: Vec<u8>,
         flags: u32,
         version: u64,
+        /// Absolute unix seconds, 0 = never (the gateway shows the time left, meta `t`).
+        exptime: u32,
     },
     NotFound,
     Stored {
@@ -87,9 +138,11 @@ pub enum DataResponse {
     /// CAS mismatch.
     Exists,
     Deleted,
+    /// The result of an incr/decr, the new version and the counter's expiry (as in `Value`).
     Number {
         value: u64,
         version: u64,
+        exptime: u32,
     },
     /// incr/decr on a value that is not a decimal number.
     NonNumeric,
@@ -101,6 +154,8 @@ pub enum DataResponse {
         routing_version: u64,
     },
     Error(String),
+    /// Answer to [`DataRequest::GetNewest`]: this server holds no record of the key.
+    Absent,
 }
 
 /// One record copied to a replica: newest `version` wins on the receiver.

@@ -14,6 +14,17 @@
 //! then replicated (see [`super::replication`]) before the answer leaves; `noreply` writes answer
 //! after the local write. A write whose replicas include one with a full replication backlog is
 //! refused before anything is written (see [`super::backlog`]).
+//!
+//! # Order
+//!
+//! The requests of one gateway connection take effect in the order they arrive: a get of a key
+//! of this shard is answered inline, and a write of one is checked, stamped and applied inline
+//! too ([`begin_write`]); only its durability wait and replication run in a task
+//! ([`finish_write`]). So a get reads every write sent before it on the connection, and writes to
+//! one key apply in the order they were sent, even when their answers leave in another order.
+//! (glommio polls a newly spawned task once at once, which gave the same order when the whole
+//! write ran in a task; doing the synchronous part inline keeps the order without relying on that,
+//! and a write that writes nothing, a refused CAS say, costs no task.)
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,22 +32,59 @@ use std::rc::Rc;
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
 use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
 use crate::rpc::data_codec::{self, DataRequestRef};
-use crate::rpc::messages::{DataRequest, DataResponse, ReplicaRecord, WriteOp};
+use crate::rpc::messages::{
+    Arith, DataRequest, DataResponse, ReplicaRecord, RoutingSnapshot, WriteOp,
+};
 use crate::rpc::Responder;
 use crate::runtime;
+use crate::storage::{Engine, IncrOutcome, Item, StorageError, WriteOutcome};
 
 /// Answers one request frame of a gateway connection. A get of a key of this shard is answered
 /// inline, its response appended to the connection's output at once (no task, no future: the
-/// responses of one read leave in one write); everything else runs in a task of its own.
+/// responses of one read leave in one write); a write of a key of this shard is applied inline and
+/// answered from a task once durable and replicated (see the module doc on order); everything else
+/// runs in a task of its own.
 pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder: &Rc<Responder>) {
+    let here = |hash: u64| core_of(hash, shard.count) == shard.id;
     let request = match data_codec::decode_request(payload) {
-        Some(DataRequestRef::Get { hash, key }) if core_of(hash, shard.count) == shard.id => {
+        Some(DataRequestRef::Get { hash, key }) if here(hash) => {
             let response = get(shard, hash, key);
-            responder.respond_with(id, |out| {
-                // Infallible for the responses of a get.
-                let _ = data_codec::put_response(out, &response);
-            });
-            return;
+            return respond_now(responder, id, &response);
+        }
+        Some(DataRequestRef::GetNewest { hash, key }) if here(hash) => {
+            let response = get_newest(shard, hash, key);
+            return respond_now(responder, id, &response);
+        }
+        Some(DataRequestRef::Write {
+            hash,
+            key,
+            op,
+            value,
+            flags,
+            exptime,
+            noreply,
+        }) if here(hash) => {
+            let write = Write {
+                key,
+                op,
+                value,
+                flags,
+                exptime,
+            };
+            match begin_write(shard, hash, &write, noreply) {
+                Begun::Done(response) => return respond_now(responder, id, &response),
+                Begun::Applied(applied) => {
+                    let shard = shard.clone();
+                    responder.spawn(
+                        id,
+                        async move { Ok::<_, String>(finish_write(&shard, applied).await) },
+                        |out, response| {
+                            data_codec::put_response(out, response).map_err(|e| e.to_string())
+                        },
+                    );
+                    return;
+                }
+            }
         }
         Some(request) => request.to_owned(),
         None => match rmp_serde::from_slice::<DataRequest>(payload) {
@@ -51,12 +99,20 @@ pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder:
         |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
     );
 }
-use crate::storage::{Engine, IncrOutcome, StorageError, WriteOutcome};
+
+fn respond_now(responder: &Responder, id: u64, response: &DataResponse) {
+    responder.respond_with(id, |out| {
+        // Infallible for every response but `Stats`, which is never answered inline.
+        let _ = data_codec::put_response(out, response);
+    });
+}
 
 /// Entry point of a gateway connection's request on any shard.
 pub(crate) async fn handle(shard: &Rc<Shard>, request: DataRequest) -> DataResponse {
     match &request {
-        DataRequest::Get { hash, .. } | DataRequest::Write { hash, .. } => {
+        DataRequest::Get { hash, .. }
+        | DataRequest::GetNewest { hash, .. }
+        | DataRequest::Write { hash, .. } => {
             let owner = core_of(*hash, shard.count);
             if owner == shard.id {
                 return handle_local(shard, request).await;
@@ -76,6 +132,7 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: DataRequest) -> DataRespo
 pub(crate) async fn handle_local(shard: &Rc<Shard>, request: DataRequest) -> DataResponse {
     match request {
         DataRequest::Get { hash, key } => get(shard, hash, &key),
+        DataRequest::GetNewest { hash, key } => get_newest(shard, hash, &key),
         DataRequest::Write {
             hash,
             key,
@@ -86,13 +143,16 @@ pub(crate) async fn handle_local(shard: &Rc<Shard>, request: DataRequest) -> Dat
             noreply,
         } => {
             let write = Write {
-                key,
+                key: &key,
                 op,
-                value,
+                value: &value,
                 flags,
                 exptime,
             };
-            coordinate_write(shard, hash, write, noreply).await
+            match begin_write(shard, hash, &write, noreply) {
+                Begun::Done(response) => response,
+                Begun::Applied(applied) => finish_write(shard, applied).await,
+            }
         }
         DataRequest::FlushAll { delay } => super::flush::flush_all(shard, delay).await,
         DataRequest::Stats => DataResponse::Stats(stats(shard).await),
@@ -114,6 +174,34 @@ pub(crate) fn get(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
     read_here(shard, key)
 }
 
+/// A [`DataRequest::GetNewest`] served by this shard: a get that answers `Absent` when the key
+/// has no record here at all, so the gateway reads the key's old owner instead.
+pub(crate) fn get_newest(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
+    if key_hash(key) != hash {
+        return DataResponse::Error("the hash does not match the key".into());
+    }
+    let routing = shard.routing();
+    let me = shard.me();
+    if !is_live_owner(&routing.write, hash, me) && !is_live_owner(&routing.read, hash, me) {
+        return DataResponse::NotOwner {
+            routing_version: routing.epoch,
+        };
+    }
+    newest_here(shard, key)
+}
+
+/// Reads `key` from this shard's engine for a `GetNewest`; the caller checked that this server
+/// owns it.
+pub(crate) fn newest_here(shard: &Shard, key: &[u8]) -> DataResponse {
+    // Bound first: the engine borrow must end before `read_here` borrows it again.
+    let held = super::store::stored_version(&mut shard.store.engine(), key);
+    match held {
+        Ok(None) => DataResponse::Absent,
+        Ok(Some(_)) => read_here(shard, key),
+        Err(e) => DataResponse::Error(e.to_string()),
+    }
+}
+
 /// Whether `me` is among the live owners of `hash` in `table`; a table of one server needs no walk
 /// of the ring.
 fn is_live_owner(table: &RoutingTable, hash: u64, me: SocketAddr) -> bool {
@@ -133,6 +221,7 @@ pub(crate) fn read_here(shard: &Shard, key: &[u8]) -> DataResponse {
                 value: item.value,
                 flags: item.flags,
                 version: item.version,
+                exptime: item.expiry,
             }
         }
         Ok(None) => DataResponse::NotFound,
@@ -141,59 +230,90 @@ pub(crate) fn read_here(shard: &Shard, key: &[u8]) -> DataResponse {
 }
 
 /// The parts of a `DataRequest::Write` that [`apply_write`] needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Write {
-    pub key: Vec<u8>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write<'a> {
+    pub key: &'a [u8],
     pub op: WriteOp,
-    pub value: Vec<u8>,
+    pub value: &'a [u8],
     pub flags: u32,
     /// Absolute unix seconds, 0 = never.
     pub exptime: u32,
 }
 
-async fn coordinate_write(
-    shard: &Rc<Shard>,
-    hash: u64,
-    write: Write,
+/// What [`begin_write`] did.
+pub(crate) enum Begun {
+    /// Nothing is left to do (refused, or nothing was written): the answer.
+    Done(DataResponse),
+    /// Written here; durability and replication follow in [`finish_write`].
+    Applied(Applied),
+}
+
+/// A write applied on this shard, waiting for durability and replication before its answer.
+pub(crate) struct Applied {
+    response: DataResponse,
+    record: ReplicaRecord,
+    routing: Rc<RoutingSnapshot>,
+    targets: Vec<SocketAddr>,
     noreply: bool,
-) -> DataResponse {
-    if key_hash(&write.key) != hash {
-        return DataResponse::Error("the hash does not match the key".into());
+}
+
+/// The synchronous part of a write coordinated here: the ownership and backlog checks, the
+/// version stamp and the engine write. Runs inline, in request order (see the module doc).
+pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: bool) -> Begun {
+    if key_hash(write.key) != hash {
+        return Begun::Done(DataResponse::Error(
+            "the hash does not match the key".into(),
+        ));
     }
     let routing = shard.routing();
     let me = shard.me();
     if routing.write.coordinator(hash) != Some(me) {
-        return DataResponse::NotOwner {
+        return Begun::Done(DataResponse::NotOwner {
             routing_version: routing.epoch,
-        };
+        });
     }
     let counter = match write.op {
-        WriteOp::Delete => &shard.counters.cmd_delete,
+        WriteOp::Delete | WriteOp::DeleteCas { .. } => &shard.counters.cmd_delete,
         _ => &shard.counters.cmd_set,
     };
     super::shard::Counters::bump(counter, 1);
     // Refused before anything is written when a replica's backlog is full (see server::backlog).
     let targets = match super::replication::admit(shard, &routing, hash) {
         Ok(targets) => targets,
-        Err(why) => return DataResponse::Error(why),
+        Err(why) => return Begun::Done(DataResponse::Error(why)),
     };
     // Stamp above the key's stored version (value or tombstone), whatever clock stamped it.
-    match super::store::stored_version(&mut shard.store.engine(), &write.key) {
+    match super::store::stored_version(&mut shard.store.engine(), write.key) {
         Ok(Some(stored)) => {
             shard.observe_version(stored);
         }
         Ok(None) => {}
-        Err(e) => return DataResponse::Error(e.to_string()),
+        Err(e) => return Begun::Done(DataResponse::Error(e.to_string())),
     }
     let version = shard.next_version();
-    let applied = apply_write(&mut shard.store.engine(), hash, &write, version);
-    let (response, record) = match applied {
-        Ok(done) => done,
-        Err(e) => return DataResponse::Error(e.to_string()),
-    };
-    let Some(record) = record else {
-        return response;
-    };
+    let applied = apply_write(&mut shard.store.engine(), hash, write, version);
+    match applied {
+        Ok((response, Some(record))) => Begun::Applied(Applied {
+            response,
+            record,
+            routing,
+            targets,
+            noreply,
+        }),
+        Ok((response, None)) => Begun::Done(response),
+        Err(e) => Begun::Done(DataResponse::Error(e.to_string())),
+    }
+}
+
+/// The rest of a write [`begin_write`] applied: durability, then replication, then the answer.
+pub(crate) async fn finish_write(shard: &Rc<Shard>, applied: Applied) -> DataResponse {
+    let Applied {
+        response,
+        record,
+        routing,
+        targets,
+        noreply,
+    } = applied;
     if let Err(e) = shard.store.durable().await {
         return DataResponse::Error(format!("storage sync failed: {e}"));
     }
@@ -220,35 +340,46 @@ async fn coordinate_write(
 
 /// Applies one write to `engine` stamped `version`. Returns the answer for the client and, when
 /// something was written, the record to replicate (the full resulting record, so replicas never need
-/// the old value: append, incr and touch replicate their outcome).
+/// the old value: append, incr and touch replicate their outcome). Every op is one step on one
+/// shard, so its conditions (a CAS, a missing key) cannot change between the check and the write.
 pub fn apply_write(
     engine: &mut Engine,
     hash: u64,
-    write: &Write,
+    write: &Write<'_>,
     version: u64,
 ) -> Result<(DataResponse, Option<ReplicaRecord>), StorageError> {
-    let key = write.key.as_slice();
+    let key = write.key;
+    let record_of = |item: Item| ReplicaRecord {
+        hash,
+        key: key.to_vec(),
+        value: item.value,
+        flags: item.flags,
+        exptime: item.expiry,
+        version: item.version,
+        tombstone: false,
+    };
     let stored = |engine: &mut Engine| -> Result<Option<ReplicaRecord>, StorageError> {
-        Ok(engine.get(key)?.map(|item| ReplicaRecord {
-            hash,
-            key: key.to_vec(),
-            value: item.value,
-            flags: item.flags,
-            exptime: item.expiry,
-            version: item.version,
-            tombstone: false,
-        }))
+        Ok(engine.get(key)?.map(record_of))
     };
     let as_set = || ReplicaRecord {
         hash,
         key: key.to_vec(),
-        value: write.value.clone(),
+        value: write.value.to_vec(),
         flags: write.flags,
         exptime: write.exptime,
         version,
         tombstone: false,
     };
-    let (value, flags, exptime) = (write.value.as_slice(), write.flags, write.exptime);
+    // A CAS condition: `Err(answer)` when the live version is not `expected`.
+    let check =
+        |engine: &Engine, expected: u64| -> Result<Result<(), DataResponse>, StorageError> {
+            Ok(match engine.live_version(key)? {
+                None => Err(DataResponse::NotFound),
+                Some(live) if live != expected => Err(DataResponse::Exists),
+                Some(_) => Ok(()),
+            })
+        };
+    let (value, flags, exptime) = (write.value, write.flags, write.exptime);
     let outcome = match &write.op {
         WriteOp::Set => {
             engine.put(key, value, flags, exptime, version)?;
@@ -261,42 +392,70 @@ pub fn apply_write(
         }
         WriteOp::Append => engine.append(key, value, version)?,
         WriteOp::Prepend => engine.prepend(key, value, version)?,
-        WriteOp::Touch => match engine.touch(key, exptime, version)? {
-            WriteOutcome::Stored => return Ok((DataResponse::Touched, stored(engine)?)),
-            other => other,
-        },
-        WriteOp::Incr { delta } | WriteOp::Decr { delta } => {
-            let outcome = if matches!(write.op, WriteOp::Incr { .. }) {
-                engine.incr(key, *delta, version)?
-            } else {
-                engine.decr(key, *delta, version)?
-            };
-            return Ok(match outcome {
-                IncrOutcome::Value(value) => {
-                    (DataResponse::Number { value, version }, stored(engine)?)
-                }
-                IncrOutcome::NotFound => (DataResponse::NotFound, None),
-                IncrOutcome::NonNumeric => (DataResponse::NonNumeric, None),
-            });
-        }
-        WriteOp::Delete => match engine.delete(key, version)? {
-            WriteOutcome::Deleted => {
-                let tombstone = ReplicaRecord {
-                    value: Vec::new(),
-                    flags: 0,
-                    exptime: 0,
-                    tombstone: true,
-                    ..as_set()
-                };
-                return Ok((DataResponse::Deleted, Some(tombstone)));
+        WriteOp::AppendCas { version: expected } | WriteOp::PrependCas { version: expected } => {
+            if let Err(answer) = check(engine, *expected)? {
+                return Ok((answer, None));
             }
-            other => other,
-        },
+            match write.op {
+                WriteOp::AppendCas { .. } => engine.append(key, value, version)?,
+                _ => engine.prepend(key, value, version)?,
+            }
+        }
+        WriteOp::Touch | WriteOp::GetAndTouch => {
+            // Read first: a touch to a past time makes the item unreadable, yet its replicas must
+            // get the new expiry and a get-and-touch answers the value once.
+            let Some(item) = engine.get(key)? else {
+                return Ok((DataResponse::NotFound, None));
+            };
+            engine.touch(key, exptime, version)?;
+            let touched = Item {
+                version,
+                expiry: exptime,
+                ..item
+            };
+            let response = match write.op {
+                WriteOp::Touch => DataResponse::Touched,
+                _ => DataResponse::Value {
+                    value: touched.value.clone(),
+                    flags: touched.flags,
+                    version,
+                    exptime,
+                },
+            };
+            return Ok((response, Some(record_of(touched))));
+        }
+        WriteOp::Incr(arith) | WriteOp::Decr(arith) => {
+            let incr = matches!(write.op, WriteOp::Incr(_));
+            return arith_write(engine, write, arith, incr, version, stored);
+        }
+        WriteOp::Delete | WriteOp::DeleteCas { .. } => {
+            if let WriteOp::DeleteCas { version: expected } = write.op {
+                if let Err(answer) = check(engine, expected)? {
+                    return Ok((answer, None));
+                }
+            }
+            match engine.delete(key, version)? {
+                WriteOutcome::Deleted => {
+                    let tombstone = ReplicaRecord {
+                        value: Vec::new(),
+                        flags: 0,
+                        exptime: 0,
+                        tombstone: true,
+                        ..as_set()
+                    };
+                    return Ok((DataResponse::Deleted, Some(tombstone)));
+                }
+                other => other,
+            }
+        }
     };
     Ok(match outcome {
         WriteOutcome::Stored => {
             let record = match write.op {
-                WriteOp::Append | WriteOp::Prepend => stored(engine)?,
+                WriteOp::Append
+                | WriteOp::Prepend
+                | WriteOp::AppendCas { .. }
+                | WriteOp::PrependCas { .. } => stored(engine)?,
                 _ => Some(as_set()),
             };
             (DataResponse::Stored { version }, record)
@@ -306,6 +465,54 @@ pub fn apply_write(
         WriteOutcome::NotFound => (DataResponse::NotFound, None),
         WriteOutcome::Deleted => (DataResponse::Deleted, None),
     })
+}
+
+/// An incr or decr: creates a missing counter when asked to (with the write's expiry), else
+/// compares the CAS, then applies the delta (and the new expiry of `touch`).
+fn arith_write(
+    engine: &mut Engine,
+    write: &Write<'_>,
+    arith: &Arith,
+    incr: bool,
+    version: u64,
+    stored: impl Fn(&mut Engine) -> Result<Option<ReplicaRecord>, StorageError>,
+) -> Result<(DataResponse, Option<ReplicaRecord>), StorageError> {
+    let key = write.key;
+    let number = |value: u64, record: Option<ReplicaRecord>| {
+        let exptime = record.as_ref().map_or(0, |r| r.exptime);
+        (
+            DataResponse::Number {
+                value,
+                version,
+                exptime,
+            },
+            record,
+        )
+    };
+    match engine.live_version(key)? {
+        None => {
+            let Some(initial) = arith.initial else {
+                return Ok((DataResponse::NotFound, None));
+            };
+            let digits = initial.to_string();
+            match engine.add(key, digits.as_bytes(), 0, write.exptime, version)? {
+                WriteOutcome::Stored => Ok(number(initial, stored(engine)?)),
+                // Cannot happen (the key was just found missing on this very shard).
+                _ => Ok((
+                    DataResponse::Error("the counter could not be created".into()),
+                    None,
+                )),
+            }
+        }
+        Some(live) if arith.cas != 0 && live != arith.cas => Ok((DataResponse::Exists, None)),
+        Some(_) => Ok(
+            match engine.incr_decr(key, incr, arith.delta, arith.touch, version)? {
+                IncrOutcome::Value(value) => number(value, stored(engine)?),
+                IncrOutcome::NotFound => (DataResponse::NotFound, None),
+                IncrOutcome::NonNumeric => (DataResponse::NonNumeric, None),
+            },
+        ),
+    }
 }
 
 /// Stats summed over every shard, plus per-shard item counts (`shardN_items`).
@@ -366,124 +573,5 @@ async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::{Config, Durability};
-
-    fn engine() -> (tempfile::TempDir, Engine) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(dir.path().join("e"));
-        config.durability = Durability::None;
-        let (engine, _) = Engine::open(config).unwrap();
-        (dir, engine)
-    }
-
-    fn write(op: WriteOp, value: &str, flags: u32, exptime: u32) -> Write {
-        Write {
-            key: b"k".to_vec(),
-            op,
-            value: value.as_bytes().to_vec(),
-            flags,
-            exptime,
-        }
-    }
-
-    #[test]
-    fn live_owner_check_matches_the_ring() {
-        let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 19800 + i));
-        let tables = [
-            RoutingTable::new(1, vec![(addr(0), NodeState::Active)]).unwrap(),
-            RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap(),
-            RoutingTable::new(
-                1,
-                (0..5)
-                    .map(|i| {
-                        (
-                            addr(i),
-                            if i == 3 {
-                                NodeState::Fault
-                            } else {
-                                NodeState::Active
-                            },
-                        )
-                    })
-                    .collect(),
-            )
-            .unwrap(),
-        ];
-        for i in 0..300u64 {
-            let hash = key_hash(&i.to_le_bytes());
-            for table in &tables {
-                for me in 0..5 {
-                    assert_eq!(
-                        is_live_owner(table, hash, addr(me)),
-                        table.assign(hash).contains(&addr(me))
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn set_and_conditional_writes_map_onto_the_engine() {
-        let (_dir, mut e) = engine();
-        let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Add, "a", 3, 0), 10).unwrap();
-        assert_eq!(resp, DataResponse::Stored { version: 10 });
-        let rec = rec.unwrap();
-        assert_eq!(
-            (rec.hash, rec.value.as_slice(), rec.flags, rec.version),
-            (9, &b"a"[..], 3, 10)
-        );
-        let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Add, "b", 0, 0), 11).unwrap();
-        assert_eq!((resp, rec), (DataResponse::NotStored, None));
-        let cas = |v| write(WriteOp::Cas { version: v }, "c", 0, 0);
-        assert_eq!(
-            apply_write(&mut e, 9, &cas(99), 12).unwrap().0,
-            DataResponse::Exists
-        );
-        assert_eq!(
-            apply_write(&mut e, 9, &cas(10), 13).unwrap().0,
-            DataResponse::Stored { version: 13 }
-        );
-        let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Append, "+", 0, 0), 14).unwrap();
-        assert_eq!(resp, DataResponse::Stored { version: 14 });
-        assert_eq!(
-            rec.unwrap().value,
-            b"c+",
-            "append replicates the whole new value"
-        );
-    }
-
-    #[test]
-    fn incr_touch_and_delete_replicate_their_outcome() {
-        let (_dir, mut e) = engine();
-        apply_write(&mut e, 1, &write(WriteOp::Set, "41", 5, 0), 1).unwrap();
-        let (resp, rec) =
-            apply_write(&mut e, 1, &write(WriteOp::Incr { delta: 1 }, "", 0, 0), 2).unwrap();
-        assert_eq!(
-            resp,
-            DataResponse::Number {
-                value: 42,
-                version: 2
-            }
-        );
-        let rec = rec.unwrap();
-        assert_eq!(
-            (rec.value.as_slice(), rec.flags, rec.version),
-            (&b"42"[..], 5, 2)
-        );
-        let far = u32::MAX - 1;
-        let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Touch, "", 0, far), 3).unwrap();
-        assert_eq!(resp, DataResponse::Touched);
-        assert_eq!(rec.unwrap().exptime, far);
-        let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Delete, "", 0, 0), 4).unwrap();
-        assert_eq!(resp, DataResponse::Deleted);
-        let rec = rec.unwrap();
-        assert!(rec.tombstone && rec.value.is_empty() && rec.version == 4);
-        let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Delete, "", 0, 0), 5).unwrap();
-        assert_eq!((resp, rec), (DataResponse::NotFound, None));
-        let (resp, rec) =
-            apply_write(&mut e, 1, &write(WriteOp::Decr { delta: 1 }, "", 0, 0), 6).unwrap();
-        assert_eq!((resp, rec), (DataResponse::NotFound, None));
-    }
-}
+#[path = "data_tests.rs"]
+mod tests;

@@ -39,8 +39,11 @@ impl LocalServer for Local {
         self.shard.routing()
     }
 
-    fn get_now(&self, key: &[u8], answer: &mut dyn FnMut(DataResponseRef<'_>)) {
-        let response = super::data::read_here(&self.shard, key);
+    fn get_now(&self, key: &[u8], newest: bool, answer: &mut dyn FnMut(DataResponseRef<'_>)) {
+        let response = match newest {
+            true => super::data::newest_here(&self.shard, key),
+            false => super::data::read_here(&self.shard, key),
+        };
         match DataResponseRef::of(&response) {
             Some(view) => answer(view),
             None => answer(DataResponseRef::Error(

@@ -131,7 +131,7 @@ impl Engine {
         delta: u64,
         version: u64,
     ) -> Result<IncrOutcome, StorageError> {
-        self.arith(key, version, |n| n.wrapping_add(delta))
+        self.incr_decr(key, true, delta, None, version)
     }
 
     /// Subtracts `delta` from a present decimal value, flooring at 0.
@@ -141,14 +141,18 @@ impl Engine {
         delta: u64,
         version: u64,
     ) -> Result<IncrOutcome, StorageError> {
-        self.arith(key, version, |n| n.saturating_sub(delta))
+        self.incr_decr(key, false, delta, None, version)
     }
 
-    fn arith(
+    /// [`Engine::incr`] (`incr`) or [`Engine::decr`], giving the result the expiry `expiry` when
+    /// set (memcached's meta `ma T`), else keeping the old one.
+    pub fn incr_decr(
         &mut self,
         key: &[u8],
+        incr: bool,
+        delta: u64,
+        expiry: Option<u32>,
         version: u64,
-        op: impl FnOnce(u64) -> u64,
     ) -> Result<IncrOutcome, StorageError> {
         self.check_key(key)?;
         let Some(found) = self.find_live(key)? else {
@@ -158,7 +162,11 @@ impl Engine {
         let Some(current) = parse_decimal(self.value_of(&found)?) else {
             return Ok(IncrOutcome::NonNumeric);
         };
-        let next = op(current);
+        let next = if incr {
+            current.wrapping_add(delta)
+        } else {
+            current.saturating_sub(delta)
+        };
         let digits = next.to_string();
         self.write(
             Some(found),
@@ -167,9 +175,16 @@ impl Engine {
             digits.as_bytes(),
             version,
             h.flags,
-            h.expiry,
+            expiry.unwrap_or(h.expiry),
         )?;
         Ok(IncrOutcome::Value(next))
+    }
+
+    /// The version (CAS token) of `key`'s live value; `None` when it is missing, expired,
+    /// deleted or flushed. The conditional writes of the memcached layer compare it.
+    pub fn live_version(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        self.check_key(key)?;
+        Ok(self.find_live(key)?.map(|found| found.header.version))
     }
 
     /// Sets a new expiry on a present key (value and flags kept).

@@ -70,6 +70,19 @@ fn unknown_reply(op: u8) -> Vec<u8> {
     .concat()
 }
 
+/// A success reply frame as our CAS-normalised transcripts show it: `cas` is its ordinal.
+fn reply(op: u8, key_len: u16, extras_len: u8, body: &[u8], cas: u64) -> Vec<u8> {
+    let [k0, k1] = key_len.to_be_bytes();
+    [
+        [0x81, op, k0, k1, extras_len, 0, 0, 0].as_slice(),
+        &(body.len() as u32).to_be_bytes(),
+        &OPAQUE.to_be_bytes(),
+        &cas.to_be_bytes(),
+        body,
+    ]
+    .concat()
+}
+
 pub fn case(name: &str, frames: &[Vec<u8>]) -> Case {
     Case::binary(name, vec![frames.concat()])
 }
@@ -538,6 +551,38 @@ fn other_cases() -> Vec<Case> {
         )
         .hangs_memcached(),
         case("bad magic after a request", &[bare(NOOP), vec![0x00; 24]]).closes(),
+        case(
+            "bad magic after a pipeline",
+            &[
+                set(b"a", b"1"),
+                get(GETK, b"a"),
+                arith(INCREMENT, b"a", 1, 0, 0, 0),
+                get(GETKQ, b"b"),
+                vec![0x00; 24],
+            ],
+        )
+        .closes()
+        .deliberate(
+            "the replies to the requests before a closing error are written before the close \
+             (memcached 1.6.18 closes with them unwritten)",
+            &[
+                reply(SET, 0, 0, &[], 1),
+                reply(GETK, 1, 4, &[0, 0, 0, 7, b'a', b'1'], 1),
+                reply(INCREMENT, 0, 0, &2u64.to_be_bytes(), 2),
+            ]
+            .concat(),
+        ),
+        case(
+            "quit after a pipeline",
+            &[
+                set(b"a", b"1"),
+                concat(APPEND, b"a", b"2", 0),
+                get(GETK, b"a"),
+                bare(QUIT),
+                get(GET, b"a"),
+            ],
+        )
+        .closes(),
         case(
             "response magic after a request",
             &[bare(NOOP), {

@@ -375,6 +375,22 @@ fn other_cases() -> Vec<Case> {
         ),
         case("quit", &["set k 0 0 1\r\na\r\nquit\r\n"]).closes(),
         case("quit with args", &["quit now\r\n"]).closes(),
+        // Replies to everything before a quit or a closing error in the same read leave first,
+        // including slow ones (a multi-key get).
+        case(
+            "quit after a pipeline",
+            &["set a 0 0 1\r\n1\r\nget a b\r\nincr a 1\r\ngets a\r\nmg a v t\r\nquit\r\nget a\r\n"],
+        )
+        .closes(),
+        Case::text_bytes(
+            "line too long after a pipeline",
+            vec![[b"set a 0 0 1\r\n1\r\nget a b\r\nincr a 1\r\n".as_slice(), &[b'x'; 3000]].concat()],
+        )
+        .closes()
+        .deliberate(
+            "every request before a closing error is answered before the close (memcached 1.6.18 applies the incr but loses its reply)",
+            b"STORED\r\nVALUE a 0 1\r\n1\r\nEND\r\n2\r\n",
+        ),
         case("http get", &["GET / HTTP/1.0\r\n\r\n"]).closes(),
         case("http post", &["POST /x HTTP/1.1\r\nHost: a\r\n\r\n"]).closes(),
         Case::text_bytes("line too long", vec![vec![b'x'; 3000]]).closes(),

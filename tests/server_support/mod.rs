@@ -5,8 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
 use kumofs::ring::key_hash;
 use kumofs::rpc::blocking::{self, BlockingClient};
+use kumofs::rpc::frame::{encode_frame, FrameDecoder, FrameKind, Hello};
 use kumofs::rpc::messages::{
     DataRequest, DataResponse, ManagerRequest, ManagerResponse, RoutingSnapshot, WriteOp,
 };
@@ -65,6 +69,36 @@ impl DataClient {
             other => panic!("stats answered {other:?}"),
         }
     }
+}
+
+/// Sends `requests` to the server at `addr` in one write on a fresh connection bound to shard
+/// `shard` (as a gateway binds its pipes), and returns the responses in request order.
+pub fn pipelined(addr: SocketAddr, shard: u32, requests: &[DataRequest]) -> Vec<DataResponse> {
+    let mut out = Vec::new();
+    let hello = Hello {
+        target_shard: Some(shard),
+        peer: "test pipeline".into(),
+    };
+    encode_frame(&mut out, FrameKind::Hello, 0, &hello).expect("hello");
+    for (id, request) in requests.iter().enumerate() {
+        encode_frame(&mut out, FrameKind::Request, id as u64, request).expect("request");
+    }
+    let mut stream = TcpStream::connect(addr).expect("connect to server");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream.write_all(&out).expect("write");
+    let mut decoder = FrameDecoder::new();
+    let mut responses: Vec<Option<DataResponse>> = vec![None; requests.len()];
+    while responses.iter().any(Option::is_none) {
+        let n = stream.read(decoder.spare(4096)).expect("read");
+        assert!(n > 0, "the server closed the connection");
+        decoder.commit(n);
+        while let Some(frame) = decoder.next_frame().expect("frame") {
+            assert_eq!(frame.kind, FrameKind::Response, "{frame:?}");
+            let response: DataResponse = frame.decode().expect("response");
+            responses[frame.id as usize] = Some(response);
+        }
+    }
+    responses.into_iter().flatten().collect()
 }
 
 /// The manager's current routing snapshot.

@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     value: key,
                                     flags: 0,
                                     version: hash,
+                                    exptime: 0,
                                 }),
                                 _ => Ok(DataResponse::NotFound),
                             }
