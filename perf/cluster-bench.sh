@@ -67,22 +67,7 @@ for b in kumo-manager kumo-server kumo-gateway kumoctl kumostat kumo-bench; do
     [ -x "$REL/$b" ] || { echo "$REL/$b is not built" >&2; exit 1; }
 done
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-NEXT_PORT=$((20000 + RANDOM % 20000))
-free_port() {
-    while port_open "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-}
-wait_port() { # PORT PID SECONDS
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        port_open "$1" && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
+. "$ROOT/perf/ports.sh"
 
 # bench PORT PROTOCOL PIPELINE RATIO CLIENTS SECS: prints the RESULT line.
 bench() {

@@ -46,22 +46,7 @@ cleanup() {
 trap cleanup EXIT
 trap "exit 130" INT TERM
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-NEXT_PORT=$((20000 + RANDOM % 20000))
-free_port() {
-    while port_open "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-}
-wait_port() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        port_open "$1" && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
+. "$ROOT/perf/ports.sh"
 # CPU ticks (user + system) of a process and its threads.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 

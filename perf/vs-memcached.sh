@@ -63,25 +63,7 @@ if [ "$BUILD" = 1 ]; then
     cargo build --profile "$PROFILE" --workspace >&2
 fi
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-NEXT_PORT=$((20000 + RANDOM % 20000))
-# Sets PORT to a port nothing listens on. Not `$(free_port)`: a subshell could not advance NEXT_PORT,
-# and every call would return the same port.
-free_port() {
-    while port_open "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-}
-# wait_port PORT PID SECONDS: true once PORT accepts, false if PID died or time ran out.
-wait_port() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        port_open "$1" && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
+. "$ROOT/perf/ports.sh"
 
 # The load generator: memtier_benchmark if installed, else ours. Prints "ops p50_us p99_us".
 # memtier's Totals line is: Totals ops/s hits/s misses/s avg p50 p99 p99.9 KB/s, latencies in ms
