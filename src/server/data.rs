@@ -194,7 +194,7 @@ pub(crate) fn get_newest(shard: &Shard, hash: u64, key: &[u8]) -> DataResponse {
 /// owns it.
 pub(crate) fn newest_here(shard: &Shard, key: &[u8]) -> DataResponse {
     // Bound first: the engine borrow must end before `read_here` borrows it again.
-    let held = super::store::stored_version(&mut shard.store.engine(), key);
+    let held = shard.store.engine().stored_version(key);
     match held {
         Ok(None) => DataResponse::Absent,
         Ok(Some(_)) => read_here(shard, key),
@@ -283,7 +283,7 @@ pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: 
         Err(why) => return Begun::Done(DataResponse::Error(why)),
     };
     // Stamp above the key's stored version (value or tombstone), whatever clock stamped it.
-    match super::store::stored_version(&mut shard.store.engine(), write.key) {
+    match shard.store.engine().stored_version(write.key) {
         Ok(Some(stored)) => {
             shard.observe_version(stored);
         }

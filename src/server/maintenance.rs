@@ -187,7 +187,7 @@ pub(crate) async fn answer(shard: &Rc<Shard>, call: ClusterCall) -> ClusterAnswe
         ClusterCall::Clock { observe } => {
             shard.observe_version(observe);
             let now = shard.next_version();
-            let flush = super::store::flush_version(&shard.store.engine());
+            let flush = shard.store.engine().flush_version();
             ClusterAnswer::Clock { now, flush }
         }
         ClusterCall::FlushAt(version) => {

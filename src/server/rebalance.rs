@@ -444,16 +444,14 @@ pub(crate) async fn drop_below(
     let chunks = chunk_count(records, bytes);
     let mut dropped = 0;
     for chunk in 0..chunks {
-        dropped += super::store::drop_below(
-            &mut shard.store.engine(),
-            chunk_tags(chunk, chunks),
-            horizon,
-            |key| match only_new {
+        dropped += shard
+            .store
+            .engine()
+            .drop_below_in(chunk_tags(chunk, chunks), horizon, |key| match only_new {
                 Some(snapshot) => is_newly_mine(snapshot, key_hash(key), me),
                 None => true,
-            },
-        )
-        .map_err(|e| format!("dropping old records on shard {}: {e}", shard.id))?;
+            })
+            .map_err(|e| format!("dropping old records on shard {}: {e}", shard.id))?;
         futures_lite::future::yield_now().await;
     }
     shard

@@ -22,9 +22,7 @@
 //! PATH/kumo-server.backup     "<u64>\n": id of the last backup order this server carried out
 //! ```
 //!
-//! The last part of this file names the few engine operations the cluster side relies on (the
-//! stored version of a key including tombstones, tombstone collection bounded by the GC horizon,
-//! dropping records below a version), so their cluster meaning is documented in one place.
+//! The last part of this file holds tombstone collection bounded by the cluster's GC horizon.
 
 use std::path::{Path, PathBuf};
 
@@ -210,18 +208,6 @@ pub fn save_last_backup(dir: &Path, id: u64) -> std::io::Result<()> {
     write_u64_file(&backup_path(dir), id)
 }
 
-/// The version of `key`'s current record, value or tombstone, flushed or not (`None` if absent).
-/// A coordinator stamps a write above it, so a newer write never loses to a record stamped by a
-/// clock that ran ahead.
-pub fn stored_version(engine: &mut Engine, key: &[u8]) -> Result<Option<u64>, StorageError> {
-    engine.stored_version(key)
-}
-
-/// Records older than this read as missing (`flush_all`).
-pub fn flush_version(engine: &Engine) -> u64 {
-    engine.flush_version()
-}
-
 /// Tombstone collection bounded by the cluster's GC horizon: from now on compaction may drop
 /// tombstones whose version is below `horizon` and whose delete is at least `min_age_secs` old
 /// (besides expired values and flushed records), and it takes the oldest segment next. The work
@@ -236,18 +222,6 @@ pub fn collect_garbage(
         min_age_secs,
         below_version: Some(horizon),
     })
-}
-
-/// Drops every record (value or tombstone) whose version is below `horizon`, among the keys whose
-/// tag lies in `tags` and that `which` selects: what a server must forget of the keys it is about
-/// to be refilled with (see `manager_link`). Durable once the index snapshot is written.
-pub fn drop_below(
-    engine: &mut Engine,
-    tags: std::ops::RangeInclusive<u32>,
-    horizon: u64,
-    which: impl FnMut(&[u8]) -> bool,
-) -> Result<u64, StorageError> {
-    engine.drop_below_in(tags, horizon, which)
 }
 
 #[cfg(test)]
@@ -288,15 +262,15 @@ mod tests {
     fn the_stored_version_counts_tombstones_and_flushed_records() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = engine(dir.path());
-        assert_eq!(stored_version(&mut e, b"k").unwrap(), None);
+        assert_eq!(e.stored_version(b"k").unwrap(), None);
         e.put(b"k", b"v", 0, 0, 50).unwrap();
-        assert_eq!(stored_version(&mut e, b"k").unwrap(), Some(50));
+        assert_eq!(e.stored_version(b"k").unwrap(), Some(50));
         e.delete(b"k", 90).unwrap();
-        assert_eq!(stored_version(&mut e, b"k").unwrap(), Some(90));
+        assert_eq!(e.stored_version(b"k").unwrap(), Some(90));
         e.flush(100).unwrap();
-        assert_eq!(stored_version(&mut e, b"k").unwrap(), Some(90));
-        assert_eq!(flush_version(&e), 100);
-        assert!(stored_version(&mut e, b"").is_err());
+        assert_eq!(e.stored_version(b"k").unwrap(), Some(90));
+        assert_eq!(e.flush_version(), 100);
+        assert!(e.stored_version(b"").is_err());
     }
 
     /// Runs compaction until it is idle; returns the records it dropped.
@@ -345,7 +319,7 @@ mod tests {
         e.delete(b"live", 40).unwrap();
         e.set_clock(Some(2_000_000));
         compact_all(&mut e);
-        assert_eq!(stored_version(&mut e, b"live").unwrap(), Some(40));
+        assert_eq!(e.stored_version(b"live").unwrap(), Some(40));
     }
 
     #[test]
@@ -357,13 +331,13 @@ mod tests {
         e.delete(b"gone", 12).unwrap();
         e.put(b"new", b"v", 0, 0, 30).unwrap();
         assert_eq!(
-            drop_below(&mut e, 0..=u32::MAX, 20, |k| k != b"old").unwrap(),
+            e.drop_below_in(0..=u32::MAX, 20, |k| k != b"old").unwrap(),
             1
         );
-        assert_eq!(stored_version(&mut e, b"old").unwrap(), Some(10));
-        assert_eq!(drop_below(&mut e, 0..=u32::MAX, 20, |_| true).unwrap(), 1);
-        assert_eq!(stored_version(&mut e, b"old").unwrap(), None);
-        assert_eq!(stored_version(&mut e, b"gone").unwrap(), None);
+        assert_eq!(e.stored_version(b"old").unwrap(), Some(10));
+        assert_eq!(e.drop_below_in(0..=u32::MAX, 20, |_| true).unwrap(), 1);
+        assert_eq!(e.stored_version(b"old").unwrap(), None);
+        assert_eq!(e.stored_version(b"gone").unwrap(), None);
         assert_eq!(e.get(b"new").unwrap().map(|i| i.version), Some(30));
         // An older copy arriving later is accepted again: it is what the copy phase sends.
         assert_eq!(
