@@ -55,7 +55,7 @@ start_kumofs() {
     local mode=$1 mgr srv gw
     free_port; mgr=$PORT; free_port; srv=$PORT
     mkdir -p "$WORK/data-$mode"
-    taskset -c "$SERVER_CPU" "$BIN/kumo-manager" -l "127.0.0.1:$mgr" >"$WORK/manager-$mode.log" 2>&1 &
+    taskset -c "$SERVER_CPU" "$BIN/kumo-manager" -l "127.0.0.1:$mgr" -s "$WORK" >"$WORK/manager-$mode.log" 2>&1 &
     PIDS+=($!)
     wait_port "$mgr" $! 10 || { echo "manager did not start: $(head -c 300 "$WORK/manager-$mode.log")" >&2; return 1; }
     local extra=()
