@@ -23,6 +23,7 @@ lint:
 # libmemcached-tools for the conformance checks; .ci/run installs them).
 # The admin tools' binaries (kumoctl ...) are built first: integration tests run them.
 test: lint
+	./.ci/deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 
