@@ -22,8 +22,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 
 /// A router that follows another's snapshot waits this long at most for a newer one, looking
-/// every [`FOLLOW_STEP`].
-const FOLLOW_WAIT: Duration = Duration::from_millis(600);
+/// every [`FOLLOW_STEP`]. Three keepalive intervals (500 ms each, plus the call): the keepalive
+/// answered just before an attach still carries the old table, so the new one can come two
+/// keepalives after the request, later still on a loaded machine.
+const FOLLOW_WAIT: Duration = Duration::from_millis(1500);
 const FOLLOW_STEP: Duration = Duration::from_millis(10);
 
 type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
@@ -174,7 +176,7 @@ impl Router {
     }
 
     /// The source is kept current by its owner (a server's keepalives, every 500 ms): waits for a
-    /// newer snapshot, up to one such interval.
+    /// newer snapshot, up to [`FOLLOW_WAIT`].
     async fn follow(source: &SnapshotSource) {
         let known = source().epoch;
         for _ in 0..(FOLLOW_WAIT.as_millis() / FOLLOW_STEP.as_millis()) {
