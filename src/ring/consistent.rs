@@ -95,13 +95,26 @@ impl fmt::Debug for Assignment {
 }
 
 /// A consistent-hashing ring built from a node list. Immutable: a change of membership builds a new one.
+///
+/// Every request of a gateway and every write of a server looks a key up, so a lookup is two array
+/// reads instead of a walk: `buckets` narrows the search for the first virtual node at or after the
+/// hash to the (usually one or two) positions sharing its top bits, and `successors` holds, for
+/// every virtual node, the distinct servers met walking clockwise from it. Both are derived from
+/// `positions` and `owners` when the ring is built.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ring {
     nodes: Vec<(SocketAddr, NodeState)>,
     /// Virtual-node positions, sorted ascending; `owners[i]` is the node index of `positions[i]`.
-    /// Two parallel vectors keep the binary search on a dense array of u64.
+    /// Two parallel vectors keep the search on a dense array of u64.
     positions: Vec<u64>,
     owners: Vec<u16>,
+    /// `successors[i]`: the first `min(REPLICAS, nodes)` distinct node indexes clockwise from
+    /// virtual node `i` (itself first).
+    successors: Vec<[u16; REPLICAS]>,
+    /// `buckets[b]`: index of the first position whose top `bucket_bits` bits are >= `b`; one more
+    /// entry than buckets, the last being `positions.len()`.
+    buckets: Vec<u32>,
+    bucket_bits: u32,
 }
 
 impl fmt::Debug for Ring {
@@ -137,10 +150,17 @@ impl Ring {
             }
         }
         entries.sort_unstable_by_key(|&(pos, addr, _)| (pos, addr));
+        let positions: Vec<u64> = entries.iter().map(|e| e.0).collect();
+        let owners: Vec<u16> = entries.iter().map(|e| e.2).collect();
+        let successors = successors_of(&owners, REPLICAS.min(nodes.len()));
+        let (buckets, bucket_bits) = buckets_of(&positions);
         Ok(Ring {
             nodes: nodes.to_vec(),
-            positions: entries.iter().map(|e| e.0).collect(),
-            owners: entries.iter().map(|e| e.2).collect(),
+            positions,
+            owners,
+            successors,
+            buckets,
+            bucket_bits,
         })
     }
 
@@ -150,6 +170,9 @@ impl Ring {
             nodes: Vec::new(),
             positions: Vec::new(),
             owners: Vec::new(),
+            successors: Vec::new(),
+            buckets: vec![0, 0],
+            bucket_bits: 1,
         }
     }
 
@@ -200,11 +223,35 @@ impl Ring {
         if total == 0 {
             return out;
         }
+        // The first position >= hash lies in hash's bucket, or is the first of a later one.
+        let bucket = (hash >> (64 - self.bucket_bits)) as usize;
+        let (lo, hi) = (
+            self.buckets[bucket] as usize,
+            self.buckets[bucket + 1] as usize,
+        );
+        let mut start = lo + self.positions[lo..hi].partition_point(|&p| p < hash);
+        if start == total {
+            start = 0;
+        }
+        let wanted = REPLICAS.min(self.nodes.len());
+        for &owner in &self.successors[start][..wanted] {
+            out.push(owner, self.nodes[usize::from(owner)].0);
+        }
+        out
+    }
+
+    /// The clockwise walk [`Ring::successors`] replaces, kept to test it against.
+    #[cfg(test)]
+    fn walk_slowly(&self, hash: u64) -> Assignment {
+        let mut out = Assignment::empty();
+        let total = self.positions.len();
+        if total == 0 {
+            return out;
+        }
         let wanted = REPLICAS.min(self.nodes.len());
         let start = self.positions.partition_point(|&p| p < hash);
         for step in 0..total {
-            let at = (start + step) % total;
-            let owner = self.owners[at];
+            let owner = self.owners[(start + step) % total];
             if !out.indexes().contains(&owner) {
                 out.push(owner, self.nodes[usize::from(owner)].0);
                 if out.as_slice().len() == wanted {
@@ -214,6 +261,52 @@ impl Ring {
         }
         out
     }
+}
+
+/// For every virtual node, the first `wanted` distinct owners clockwise from it (see
+/// [`Ring::successors`]); `wanted` is at most the number of distinct owners.
+fn successors_of(owners: &[u16], wanted: usize) -> Vec<[u16; REPLICAS]> {
+    let total = owners.len();
+    (0..total)
+        .map(|start| {
+            let mut found = [0u16; REPLICAS];
+            let mut len = 0;
+            for step in 0..total {
+                let owner = owners[(start + step) % total];
+                if !found[..len].contains(&owner) {
+                    found[len] = owner;
+                    len += 1;
+                    if len == wanted {
+                        break;
+                    }
+                }
+            }
+            found
+        })
+        .collect()
+}
+
+/// The bucket table of sorted `positions` (see [`Ring::buckets`]): about one bucket per position,
+/// at least two.
+fn buckets_of(positions: &[u64]) -> (Vec<u32>, u32) {
+    let bits = positions
+        .len()
+        .next_power_of_two()
+        .trailing_zeros()
+        .clamp(1, 24);
+    let count = 1usize << bits;
+    let mut buckets = Vec::with_capacity(count + 1);
+    let mut at = 0;
+    for bucket in 0..count as u64 {
+        let floor = bucket << (64 - bits);
+        while at < positions.len() && positions[at] < floor {
+            at += 1;
+        }
+        // At most MAX_NODES * VNODES_PER_SERVER (4 Mi) positions: fits a u32.
+        buckets.push(at as u32);
+    }
+    buckets.push(positions.len() as u32);
+    (buckets, bits)
 }
 
 #[cfg(test)]
@@ -280,6 +373,31 @@ mod tests {
             Ring::new(&many),
             Err(RingError::TooManyNodes(MAX_NODES + 1))
         );
+    }
+
+    #[test]
+    fn the_tables_give_the_walk_of_the_ring() {
+        for n in [1u16, 2, 3, 4, 7, 20] {
+            let ring = Ring::new(&active(n)).unwrap();
+            let mut probes: Vec<u64> = vec![0, 1, u64::MAX, u64::MAX - 1, 1 << 63];
+            for (pos, _) in ring.vnodes().step_by(7) {
+                probes.extend([pos, pos.wrapping_add(1), pos.wrapping_sub(1)]);
+            }
+            probes.extend((0..5000u64).map(|i| crate::ring::key_hash(&i.to_le_bytes())));
+            for h in probes {
+                assert_eq!(ring.walk(h), ring.walk_slowly(h), "{n} nodes, hash {h:#x}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_hash_on_any_ring_walks_the_same(n in 1u16..12, hashes in proptest::collection::vec(proptest::num::u64::ANY, 64)) {
+            let ring = Ring::new(&active(n)).unwrap();
+            for h in hashes {
+                proptest::prop_assert_eq!(ring.walk(h), ring.walk_slowly(h));
+            }
+        }
     }
 
     #[test]
