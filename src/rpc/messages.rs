@@ -159,7 +159,7 @@ pub enum DataResponse {
 }
 
 /// One record copied to a replica: newest `version` wins on the receiver.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaRecord {
     pub hash: u64,
     #[serde(with = "serde_bytes")]
@@ -294,6 +294,14 @@ impl RoutingSnapshot {
             rebalance: None,
             gc_horizon: 0,
             backup: None,
+        }
+    }
+
+    /// Makes a read table equal to the write table share its ring, so that comparing the two (every
+    /// replicated write asks whether they differ) is a pointer comparison, not a walk of both rings.
+    pub fn share_equal_tables(&mut self) {
+        if self.read == self.write {
+            self.read = self.write.clone();
         }
     }
 

@@ -24,7 +24,7 @@ mod client;
 mod outbox;
 mod pipe;
 mod server;
-mod sync;
+pub(crate) mod sync;
 
 pub use client::{ClientConfig, RpcClient};
 pub use frame::{Hello, MAX_FRAME_LEN};

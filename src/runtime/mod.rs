@@ -54,7 +54,7 @@ pub use net::{accept_until, connect, HandedOffStream, Listener, TcpStream};
 pub use ready::Readiness;
 pub use shard::{Runtime, RuntimeConfig, ShardContext};
 pub use shutdown::{Shutdown, ShutdownSignal, POLL_INTERVAL};
-pub use time::{sleep, timeout, Elapsed};
+pub use time::{sleep, timeout, yield_now, Elapsed};
 
 /// Spawns a detached task on the current shard.
 pub fn spawn<F>(fut: F)

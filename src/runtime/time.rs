@@ -25,6 +25,11 @@ pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;
 }
 
+/// Lets every other runnable task of this shard run before the caller goes on.
+pub async fn yield_now() {
+    future::yield_now().await;
+}
+
 /// Runs `fut` for at most `duration`; the future is dropped (cancelled) when time runs out.
 pub async fn timeout<F: Future>(duration: Duration, fut: F) -> Result<F::Output, Elapsed> {
     future::or(async { Ok(fut.await) }, async {

@@ -267,7 +267,9 @@ pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: 
     }
     let routing = shard.routing();
     let me = shard.me();
-    if routing.write.coordinator(hash) != Some(me) {
+    // One walk of the ring gives both the coordinator and the replicas.
+    let owners = routing.write.assign(hash);
+    if owners.first() != Some(&me) {
         return Begun::Done(DataResponse::NotOwner {
             routing_version: routing.epoch,
         });
@@ -278,7 +280,7 @@ pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: 
     };
     super::shard::Counters::bump(counter, 1);
     // Refused before anything is written when a replica's backlog is full (see server::backlog).
-    let targets = match super::replication::admit(shard, &routing, hash) {
+    let targets = match super::replication::admit(shard, &routing, hash, owners.as_slice()) {
         Ok(targets) => targets,
         Err(why) => return Begun::Done(DataResponse::Error(why)),
     };

@@ -55,6 +55,7 @@
 pub mod backlog;
 pub mod backup;
 pub mod data;
+mod fanout;
 pub mod flush;
 mod gateway;
 pub mod maintenance;

@@ -597,7 +597,9 @@ mod tests {
         };
         for hash in (0..500u64).map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d)) {
             let me = snapshot.write.coordinator(hash).unwrap();
-            let targets = super::super::replication::replica_targets(&snapshot, hash, me);
+            let owners = snapshot.write.assign(hash);
+            let targets =
+                super::super::replication::replica_targets(&snapshot, hash, owners.as_slice(), me);
             assert!(!targets.contains(&me));
             for owner in snapshot
                 .write

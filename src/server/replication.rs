@@ -71,14 +71,19 @@ impl PeerClients {
 }
 
 /// The servers a write of `hash` coordinated by `me` must reach: the live owners under the write
-/// table and, during a rebalance, under the read table, without `me` and without duplicates.
-pub fn replica_targets(routing: &RoutingSnapshot, hash: u64, me: SocketAddr) -> Vec<SocketAddr> {
+/// table (`write_owners`, the write table's `assign(hash)`, which the caller already has) and,
+/// during a rebalance, under the read table, without `me` and without duplicates.
+pub fn replica_targets(
+    routing: &RoutingSnapshot,
+    hash: u64,
+    write_owners: &[SocketAddr],
+    me: SocketAddr,
+) -> Vec<SocketAddr> {
     let mut targets = Vec::new();
-    let write = routing.write.assign(hash);
-    let read = routing.read.assign(hash);
     let rebalancing = routing.rebalance.is_some() || routing.read != routing.write;
-    let extra: &[SocketAddr] = if rebalancing { read.as_slice() } else { &[] };
-    for addr in write.as_slice().iter().chain(extra) {
+    let read = rebalancing.then(|| routing.read.assign(hash));
+    let extra: &[SocketAddr] = read.as_ref().map_or(&[], |read| read.as_slice());
+    for addr in write_owners.iter().chain(extra) {
         if *addr != me && !targets.contains(addr) {
             targets.push(*addr);
         }
@@ -92,8 +97,9 @@ pub(crate) fn admit(
     shard: &Shard,
     routing: &RoutingSnapshot,
     hash: u64,
+    write_owners: &[SocketAddr],
 ) -> Result<Vec<SocketAddr>, String> {
-    let targets = replica_targets(routing, hash, shard.me());
+    let targets = replica_targets(routing, hash, write_owners, shard.me());
     match shard.cluster.backlog.full_peer(&targets) {
         Some(peer) => Err(format!(
             "replication backlog to {peer} is full; retry once it catches up or is marked fault"
@@ -102,32 +108,31 @@ pub(crate) fn admit(
     }
 }
 
-/// Sends `record` to every target; `Ok` once all acknowledged. A target that fails gets the record
-/// through the backlog later.
+/// Sends `record` to every target, batched with the other writes for the same peer shard (see
+/// [`super::fanout`]); `Ok` once all acknowledged. A target that fails gets the record through the
+/// backlog later.
 pub(crate) async fn replicate(
     shard: &Rc<Shard>,
     routing: &RoutingSnapshot,
     targets: &[SocketAddr],
-    record: ReplicaRecord,
+    mut record: ReplicaRecord,
 ) -> Result<(), String> {
-    let records = vec![record];
-    let hash = records[0].hash;
-    let sends = targets
-        .iter()
-        .map(|&peer| {
-            send_records(
-                shard,
-                peer,
-                core_of(hash, routing.shards_of(&peer)),
-                &records,
-                WRITE_CALL_TIMEOUT,
-            )
-        })
-        .collect();
+    let hash = record.hash;
+    let mut waits = Vec::with_capacity(targets.len());
+    for (i, &peer) in targets.iter().enumerate() {
+        // The last target takes the record itself.
+        let record = if i + 1 == targets.len() {
+            std::mem::take(&mut record)
+        } else {
+            record.clone()
+        };
+        let peer_shard = core_of(hash, routing.shards_of(&peer));
+        waits.push(super::fanout::enqueue(shard, peer, peer_shard, record));
+    }
+    // Every wait is queued already, so awaiting them in turn costs no more than together.
     let mut failures = Vec::new();
-    for (peer, sent) in targets.iter().zip(super::join_all(sends).await) {
-        if let Err(e) = sent {
-            super::backlog::enqueue(shard, *peer, records[0].clone());
+    for wait in waits {
+        if let Err(e) = wait.answer().await {
             failures.push(e);
         }
     }
@@ -146,16 +151,28 @@ pub(crate) async fn send_records(
     records: &[ReplicaRecord],
     limit: Duration,
 ) -> Result<(), String> {
-    let client = shard.peers.get(shard.me(), peer, peer_shard);
     let request = ReplicationRequest::Replicate {
         records: records.to_vec(),
     };
+    call_with_retries(shard, peer, peer_shard, &request, limit).await
+}
+
+/// Makes `request` to `peer_shard` on `peer`, up to [`ATTEMPTS`] times, each within `limit`, until
+/// it is acknowledged.
+pub(crate) async fn call_with_retries(
+    shard: &Rc<Shard>,
+    peer: SocketAddr,
+    peer_shard: usize,
+    request: &ReplicationRequest,
+    limit: Duration,
+) -> Result<(), String> {
+    let client = shard.peers.get(shard.me(), peer, peer_shard);
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             runtime::sleep(Duration::from_millis(30 * u64::from(attempt))).await;
         }
-        match client.call_with_timeout(&request, limit).await {
+        match client.call_with_timeout(request, limit).await {
             Ok(ReplicationResponse::Ack { .. }) => return Ok(()),
             Ok(ReplicationResponse::Error(e)) => last = format!("{peer}: {e}"),
             Ok(other) => last = format!("{peer}: unexpected answer {other:?}"),

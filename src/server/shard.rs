@@ -128,6 +128,7 @@ pub(crate) struct Shard {
     next_call: Cell<u64>,
     pending: RefCell<HashMap<u64, LocalSender<ShardAnswer>>>,
     pub(crate) peers: super::replication::PeerClients,
+    pub(crate) fanout: super::fanout::Fanout,
     pub(crate) cluster: ClusterState,
 }
 
@@ -146,6 +147,7 @@ impl Shard {
             next_call: Cell::new(1),
             pending: RefCell::new(HashMap::new()),
             peers: Default::default(),
+            fanout: Default::default(),
             cluster: ClusterState::default(),
         }
     }
@@ -181,6 +183,8 @@ impl Shard {
         if !snapshot.supersedes(&current) {
             return false;
         }
+        let mut snapshot = snapshot;
+        snapshot.share_equal_tables();
         *current = Rc::new(snapshot);
         true
     }
