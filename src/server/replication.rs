@@ -220,6 +220,13 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> Re
 
 /// Applies records on the shards that own them, newest version wins.
 async fn apply(shard: &Rc<Shard>, records: Vec<ReplicaRecord>) -> ReplicationResponse {
+    // The common case: the sender routed every record to the core that owns it.
+    if records
+        .iter()
+        .all(|r| core_of(key_hash(&r.key), shard.count) == shard.id)
+    {
+        return apply_local(shard, records).await;
+    }
     let mut by_core: HashMap<usize, Vec<ReplicaRecord>> = HashMap::new();
     for record in records {
         by_core
