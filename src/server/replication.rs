@@ -1,12 +1,12 @@
 //! Write replication between servers, both directions.
 //!
-//! Sending: after the coordinating shard wrote a record locally, `replicate` sends it as
-//! [`ReplicationRequest::Replicate`] to every other live owner of the key under the write table (and,
-//! while the tables differ, under the read table too), concurrently, each on a connection bound to
-//! the shard that owns the key on that peer (one [`RpcClient`] per (peer, shard), whose [`Hello`]
-//! names the shard and marks the connection as replication, see [`super::shard::REPLICATION_PEER`]).
-//! A peer that fails is retried [`ATTEMPTS`] times with a short backoff; if it still fails the
-//! whole write fails, so the gateway retries it (the write is then indefinite, as in kumofs: some
+//! Sending: after the coordinating shard wrote a record locally, `replicate` sends it as part of a
+//! [`ReplicationRequest::Replicate`] batch (see [`super::fanout`]) to every other live owner of the
+//! key under the write table (and, while the tables differ, under the read table too),
+//! concurrently, each on a connection bound to the shard that owns the key on that peer (one
+//! [`RpcClient`] per (peer, shard), whose [`Hello`] names the shard and marks the connection as
+//! replication, see [`super::shard::REPLICATION_PEER`]). A batch whose peer fails is retried
+//! [`ATTEMPTS`] times with a short backoff; if it still fails every write of the batch fails, so the gateway retries it (the write is then indefinite, as in kumofs: some
 //! copies may hold it), and the record goes to the replication backlog ([`super::backlog`]), which
 //! keeps retrying that peer until it acknowledges or stops being an active member.
 //!
