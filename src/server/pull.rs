@@ -51,6 +51,15 @@
 //! needed it with an error the gateway retries (queued gets and sets run as usual); an answer that
 //! is not a `Pulled` counts as a failure of that owner, never as "absent".
 //!
+//!
+//! # Limit
+//!
+//! A record held here from before the copy phase and older than the old owners' (a server that
+//! rejoins with data above the GC horizon, or a leftover copy of an earlier rebalance) is taken
+//! as the key's state, by a conditional write as by a `GetNewest`, until the copy overwrites it
+//! (newest wins). Pulling for every conditional write of a key this server does not own under the
+//! read table would close that too, at one round trip for each such write instead of one per key.
+//!
 //! [`ReplicationRequest::Pull`]: crate::rpc::messages::ReplicationRequest::Pull
 
 use std::cell::RefCell;
