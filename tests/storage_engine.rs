@@ -490,3 +490,41 @@ fn buffered_appends_are_readable_and_reach_the_file_on_write_out() {
     assert_eq!(value(&mut e, b"k"), Some(b"buffered".to_vec()));
     assert_eq!(value(&mut e, b"k2"), Some(b"x".to_vec()));
 }
+
+#[test]
+fn visit_record_hands_out_a_key_as_a_copy_would_send_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    let owned = |e: &Engine, key: &[u8]| {
+        e.visit_record(key, |r| {
+            (
+                r.key.to_vec(),
+                r.value.to_vec(),
+                r.flags,
+                r.expiry,
+                r.version,
+                r.tombstone,
+            )
+        })
+        .unwrap()
+    };
+    e.put(b"v", b"value", 7, T0 + 10, 3).unwrap();
+    assert_eq!(
+        owned(&e, b"v"),
+        Some((b"v".to_vec(), b"value".to_vec(), 7, T0 + 10, 3, false))
+    );
+    // A tombstone is a record (with its version and its delete time).
+    e.put(b"d", b"x", 0, 0, 4).unwrap();
+    e.delete(b"d", 5).unwrap();
+    assert_eq!(
+        owned(&e, b"d"),
+        Some((b"d".to_vec(), vec![], 0, T0, 5, true))
+    );
+    assert_eq!(owned(&e, b"absent"), None);
+    // An expired value and a flushed record are none.
+    e.set_clock(Some(T0 + 10));
+    assert_eq!(owned(&e, b"v"), None);
+    e.flush(6).unwrap();
+    assert_eq!(owned(&e, b"d"), None);
+    assert!(e.visit_record(b"", |_| ()).is_err());
+}

@@ -314,10 +314,12 @@ impl<'a> Route<'a> {
         cx: &mut Context<'_>,
     ) {
         let counters = &self.shard.counters;
-        if write.is_none() && core == local.shard() {
-            local.get_now(stored, newest, &mut |response| {
+        if write.is_none()
+            && core == local.shard()
+            && local.get_now(stored, newest, &mut |response| {
                 replies.answer(index, data, Some(response), counters)
-            });
+            })
+        {
             return;
         }
         let request = match write {

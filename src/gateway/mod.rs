@@ -141,7 +141,14 @@ pub trait LocalServer {
     /// Serves a get of a key owned by this very shard from its engine, now, and hands the answer
     /// to `answer`. The caller found this server among the key's owners in [`Self::routing`].
     /// `newest`: answer as to a `DataRequest::GetNewest` (`Absent` when no record is held).
-    fn get_now(&self, key: &[u8], newest: bool, answer: &mut dyn FnMut(DataResponseRef<'_>));
+    /// Returns false, without answering, when the get cannot be served now (the server is
+    /// fetching the key for a write sent before it): the caller then sends it with [`Self::call`].
+    fn get_now(
+        &self,
+        key: &[u8],
+        newest: bool,
+        answer: &mut dyn FnMut(DataResponseRef<'_>),
+    ) -> bool;
     /// Any data request to this server, served in-process: on the key's shard (over the mesh when
     /// that is another one), with the server's checks, versioning and replication.
     fn call(&self, request: DataRequest) -> Pin<Box<dyn Future<Output = DataResponse>>>;

@@ -195,6 +195,15 @@ pub enum ReplicationRequest {
     /// Second round of a cluster-wide `flush_all`: every record older than `version` reads as
     /// missing on every shard. Answered with [`ReplicationResponse::Flushed`].
     Flush { version: u64 },
+    /// A key's new coordinator, during a rebalance's copy phase, asks an owner of the key under
+    /// the read table for its record before a conditional write of a key it holds no record of
+    /// (see `server::pull`). Answered with [`ReplicationResponse::Pulled`], or `Error` when the
+    /// receiver does not own the key under its read table.
+    Pull {
+        hash: u64,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// Server -> server answers.
@@ -217,6 +226,12 @@ pub enum ReplicationResponse {
         flush: u64,
     },
     Flushed,
+    /// Answer to [`ReplicationRequest::Pull`]: the key's record as the receiver holds it (a value
+    /// or a tombstone, with its version, flags and expiry), or `None` when it holds none (or only
+    /// an expired or flushed one).
+    Pulled {
+        record: Option<ReplicaRecord>,
+    },
 }
 
 /// Everything a server or gateway needs to route: both tables, each server's shard count (so a

@@ -24,11 +24,15 @@
 //! one key apply in the order they were sent, even when their answers leave in another order.
 //! (glommio polls a newly spawned task once at once, which gave the same order when the whole
 //! write ran in a task; doing the synchronous part inline keeps the order without relying on that,
-//! and a write that writes nothing, a refused CAS say, costs no task.)
+//! and a write that writes nothing, a refused CAS say, costs no task.) The one exception, during a
+//! rebalance's copy phase: a conditional write of a key this new coordinator holds nothing of
+//! first pulls the key from its old owner, and the requests of that key that arrive meanwhile
+//! queue behind it and run in order once it is done ([`super::pull`]).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::pull::{complete, start, Keyed, PullCheck, Step};
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
 use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
 use crate::rpc::data_codec::{self, DataRequestRef};
@@ -42,18 +46,22 @@ use crate::storage::{Engine, IncrOutcome, Item, StorageError, WriteOutcome};
 /// Answers one request frame of a gateway connection. A get of a key of this shard is answered
 /// inline, its response appended to the connection's output at once (no task, no future: the
 /// responses of one read leave in one write); a write of a key of this shard is applied inline and
-/// answered from a task once durable and replicated (see the module doc on order); everything else
-/// runs in a task of its own.
+/// answered from a task once durable and replicated (see the module doc on order); a request of a
+/// key being pulled waits in a task for the pull ([`super::pull`]); everything else runs in a task
+/// of its own.
 pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder: &Rc<Responder>) {
     let here = |hash: u64| core_of(hash, shard.count) == shard.id;
     let request = match data_codec::decode_request(payload) {
         Some(DataRequestRef::Get { hash, key }) if here(hash) => {
-            let response = get(shard, hash, key);
-            return respond_now(responder, id, &response);
+            return respond(shard, responder, id, start(shard, Keyed::Get(hash, key)));
         }
         Some(DataRequestRef::GetNewest { hash, key }) if here(hash) => {
-            let response = get_newest(shard, hash, key);
-            return respond_now(responder, id, &response);
+            return respond(
+                shard,
+                responder,
+                id,
+                start(shard, Keyed::GetNewest(hash, key)),
+            );
         }
         Some(DataRequestRef::Write {
             hash,
@@ -71,20 +79,8 @@ pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder:
                 flags,
                 exptime,
             };
-            match begin_write(shard, hash, &write, noreply) {
-                Begun::Done(response) => return respond_now(responder, id, &response),
-                Begun::Applied(applied) => {
-                    let shard = shard.clone();
-                    responder.spawn(
-                        id,
-                        async move { Ok::<_, String>(finish_write(&shard, applied).await) },
-                        |out, response| {
-                            data_codec::put_response(out, response).map_err(|e| e.to_string())
-                        },
-                    );
-                    return;
-                }
-            }
+            let step = start(shard, Keyed::Write(hash, write, noreply));
+            return respond(shard, responder, id, step);
         }
         Some(request) => request.to_owned(),
         None => match rmp_serde::from_slice::<DataRequest>(payload) {
@@ -96,6 +92,19 @@ pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder:
     responder.spawn(
         id,
         async move { Ok::<_, String>(handle(&shard, request).await) },
+        |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
+    );
+}
+
+/// Answers a started request: at once when it is done, else from a task.
+fn respond(shard: &Rc<Shard>, responder: &Rc<Responder>, id: u64, step: Step) {
+    if let Step::Now(Begun::Done(response)) = &step {
+        return respond_now(responder, id, response);
+    }
+    let shard = shard.clone();
+    responder.spawn(
+        id,
+        async move { Ok::<_, String>(complete(&shard, step).await) },
         |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
     );
 }
@@ -130,32 +139,16 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: DataRequest) -> DataRespo
 
 /// Serves a request on this shard without forwarding (the caller routed it here).
 pub(crate) async fn handle_local(shard: &Rc<Shard>, request: DataRequest) -> DataResponse {
-    match request {
-        DataRequest::Get { hash, key } => get(shard, hash, &key),
-        DataRequest::GetNewest { hash, key } => get_newest(shard, hash, &key),
-        DataRequest::Write {
-            hash,
-            key,
-            op,
-            value,
-            flags,
-            exptime,
-            noreply,
-        } => {
-            let write = Write {
-                key: &key,
-                op,
-                value: &value,
-                flags,
-                exptime,
-            };
-            match begin_write(shard, hash, &write, noreply) {
-                Begun::Done(response) => response,
-                Begun::Applied(applied) => finish_write(shard, applied).await,
-            }
-        }
-        DataRequest::FlushAll { delay } => super::flush::flush_all(shard, delay).await,
+    match &request {
+        DataRequest::FlushAll { delay } => super::flush::flush_all(shard, *delay).await,
         DataRequest::Stats => DataResponse::Stats(stats(shard).await),
+        _ => match Keyed::of(&request) {
+            Some(keyed) => {
+                let step = start(shard, keyed);
+                complete(shard, step).await
+            }
+            None => DataResponse::Error("internal: not a keyed request".into()),
+        },
     }
 }
 
@@ -204,7 +197,7 @@ pub(crate) fn newest_here(shard: &Shard, key: &[u8]) -> DataResponse {
 
 /// Whether `me` is among the live owners of `hash` in `table`; a table of one server needs no walk
 /// of the ring.
-fn is_live_owner(table: &RoutingTable, hash: u64, me: SocketAddr) -> bool {
+pub(crate) fn is_live_owner(table: &RoutingTable, hash: u64, me: SocketAddr) -> bool {
     match table.nodes() {
         [(addr, state)] => *addr == me && *state == NodeState::Active,
         _ => table.assign(hash).contains(&me),
@@ -246,6 +239,8 @@ pub(crate) enum Begun {
     Done(DataResponse),
     /// Written here; durability and replication follow in [`finish_write`].
     Applied(Applied),
+    /// Nothing done: the key must be pulled from these servers first (see [`super::pull`]).
+    Pull(Vec<SocketAddr>),
 }
 
 /// A write applied on this shard, waiting for durability and replication before its answer.
@@ -258,8 +253,16 @@ pub(crate) struct Applied {
 }
 
 /// The synchronous part of a write coordinated here: the ownership and backlog checks, the
-/// version stamp and the engine write. Runs inline, in request order (see the module doc).
-pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: bool) -> Begun {
+/// version stamp and the engine write. Runs inline, in request order (see the module doc). A
+/// conditional write of a key that must be pulled first ([`super::pull::sources`]) does nothing
+/// and answers [`Begun::Pull`] when `pull` allows one.
+pub(crate) fn begin_write(
+    shard: &Shard,
+    hash: u64,
+    write: &Write<'_>,
+    noreply: bool,
+    pull: PullCheck<'_>,
+) -> Begun {
     if key_hash(write.key) != hash {
         return Begun::Done(DataResponse::Error(
             "the hash does not match the key".into(),
@@ -274,6 +277,19 @@ pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: 
             routing_version: routing.epoch,
         });
     }
+    let held = match shard.store.engine().stored_version(write.key) {
+        Ok(held) => held,
+        Err(e) => return Begun::Done(DataResponse::Error(e.to_string())),
+    };
+    if pull != PullCheck::Done {
+        let sources = super::pull::sources(&routing, hash, me, write.op, held.is_some());
+        if !sources.is_empty() {
+            return match pull {
+                PullCheck::Failed(why) => Begun::Done(DataResponse::Error(why.to_string())),
+                _ => Begun::Pull(sources),
+            };
+        }
+    }
     let counter = match write.op {
         WriteOp::Delete | WriteOp::DeleteCas { .. } => &shard.counters.cmd_delete,
         _ => &shard.counters.cmd_set,
@@ -285,12 +301,8 @@ pub(crate) fn begin_write(shard: &Shard, hash: u64, write: &Write<'_>, noreply: 
         Err(why) => return Begun::Done(DataResponse::Error(why)),
     };
     // Stamp above the key's stored version (value or tombstone), whatever clock stamped it.
-    match shard.store.engine().stored_version(write.key) {
-        Ok(Some(stored)) => {
-            shard.observe_version(stored);
-        }
-        Ok(None) => {}
-        Err(e) => return Begun::Done(DataResponse::Error(e.to_string())),
+    if let Some(stored) = held {
+        shard.observe_version(stored);
     }
     let version = shard.next_version();
     let applied = apply_write(&mut shard.store.engine(), hash, write, version);
@@ -540,6 +552,8 @@ async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
         total.cmd_delete += c.cmd_delete;
         total.repl_applied += c.repl_applied;
         total.repl_stale += c.repl_stale;
+        total.pulls += c.pulls;
+        total.pull_failures += c.pull_failures;
     }
     let now = crate::cluster::clock::wall_ms() / 1000;
     let routing = shard.routing();
@@ -563,6 +577,8 @@ async fn stats(shard: &Rc<Shard>) -> Vec<(String, String)> {
         ("cmd_delete", total.cmd_delete.to_string()),
         ("repl_applied", total.repl_applied.to_string()),
         ("repl_stale", total.repl_stale.to_string()),
+        ("pulls", total.pulls.to_string()),
+        ("pull_failures", total.pull_failures.to_string()),
         ("routing_epoch", routing.epoch.to_string()),
         ("rebalancing", routing.rebalance.is_some().to_string()),
     ]

@@ -39,7 +39,17 @@ impl LocalServer for Local {
         self.shard.routing()
     }
 
-    fn get_now(&self, key: &[u8], newest: bool, answer: &mut dyn FnMut(DataResponseRef<'_>)) {
+    fn get_now(
+        &self,
+        key: &[u8],
+        newest: bool,
+        answer: &mut dyn FnMut(DataResponseRef<'_>),
+    ) -> bool {
+        // A write of this key sent before waits for the key's pull (see server::pull): so must
+        // this get, behind it, through `call`.
+        if self.shard.pulls.waiting(key) {
+            return false;
+        }
         let response = match newest {
             true => super::data::newest_here(&self.shard, key),
             false => super::data::read_here(&self.shard, key),
@@ -50,6 +60,7 @@ impl LocalServer for Local {
                 "internal: unexpected answer to a get",
             )),
         }
+        true
     }
 
     fn call(&self, request: DataRequest) -> Pin<Box<dyn Future<Output = DataResponse>>> {

@@ -10,6 +10,8 @@
 //!
 //! - [`data`]: gateway requests (get, the write ops, stats);
 //! - [`replication`]: replicating writes to the other owners and applying replicas;
+//! - [`pull`]: a conditional write at a key's new coordinator during a rebalance's copy phase
+//!   first fetches the key from its old owners;
 //! - [`gateway`]: the memcached ports (`-t/-b/-c`), the gateway running inside the server;
 //! - [`backlog`]: writes a live replica has not acknowledged yet, retried in the background;
 //! - [`manager_link`]: keepalives to the managers, routing adoption and the rejoin rule, rebalance
@@ -60,6 +62,7 @@ pub mod flush;
 mod gateway;
 pub mod maintenance;
 pub mod manager_link;
+pub mod pull;
 pub mod rebalance;
 pub mod replication;
 pub mod shard;

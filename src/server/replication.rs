@@ -16,6 +16,8 @@
 //! this server (a sender with a stale shard count) are passed to that core over the mesh. A
 //! rebalance [`ReplicationRequest::Copy`] is applied the same way once this shard routes with the
 //! sender's snapshot or a newer one. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
+//! `Pull` asks for one key's record (a new coordinator before a conditional write, see
+//! [`super::pull`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,7 +32,7 @@ use crate::rpc::messages::{
 };
 use crate::rpc::{ClientConfig, Hello, RpcClient};
 use crate::runtime;
-use crate::storage::WriteOutcome;
+use crate::storage::{StorageError, WriteOutcome};
 
 /// Tries per peer before a replication counts as failed.
 pub const ATTEMPTS: u32 = 3;
@@ -215,6 +217,18 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> Re
                 Err(e) => ReplicationResponse::Error(e),
             }
         }
+        ReplicationRequest::Pull { hash, key } => {
+            // Served by the key's shard (the asker picked it; a stale shard count lands elsewhere).
+            let core = core_of(hash, shard.count);
+            if core == shard.id {
+                return super::pull::answer(shard, hash, &key);
+            }
+            match shard.call(core, ShardCall::Pull { hash, key }).await {
+                Ok(ShardAnswer::Replicate(answer)) => answer,
+                Ok(_) => ReplicationResponse::Error("internal: wrong answer from shard".into()),
+                Err(e) => ReplicationResponse::Error(e),
+            }
+        }
     }
 }
 
@@ -264,39 +278,52 @@ pub(crate) async fn apply_local(
     shard: &Rc<Shard>,
     records: Vec<ReplicaRecord>,
 ) -> ReplicationResponse {
-    let (mut applied, mut stale) = (0u32, 0u32);
-    {
-        let mut engine = shard.store.engine();
-        for record in &records {
-            if !shard.observe_version(record.version) {
-                // A version no correct clock makes: storing it would pin the key forever.
-                stale += 1;
-                continue;
-            }
-            let outcome = if record.tombstone {
-                engine.delete_if_newer(&record.key, record.version)
-            } else {
-                engine.put_if_newer(
-                    &record.key,
-                    &record.value,
-                    record.flags,
-                    record.exptime,
-                    record.version,
-                )
-            };
-            match outcome {
-                Ok(WriteOutcome::Stored | WriteOutcome::Deleted) => applied += 1,
-                Ok(_) => stale += 1,
-                Err(e) => return ReplicationResponse::Error(e.to_string()),
-            }
-        }
-    }
-    Counters::bump(&shard.counters.repl_applied, u64::from(applied));
-    Counters::bump(&shard.counters.repl_stale, u64::from(stale));
+    let (applied, stale) = match install(shard, &records) {
+        Ok(counts) => counts,
+        Err(e) => return ReplicationResponse::Error(e.to_string()),
+    };
     if applied > 0 {
         if let Err(e) = shard.store.durable().await {
             return ReplicationResponse::Error(format!("storage sync failed: {e}"));
         }
     }
     ReplicationResponse::Ack { applied, stale }
+}
+
+/// Writes records owned by this shard into its engine, newest version wins (what a replica does
+/// with a replicated write or a copy, and a coordinator with a pulled record, see
+/// [`super::pull`]); returns how many were applied and how many were older than what is held.
+/// Durability is the caller's business.
+pub(crate) fn install(
+    shard: &Shard,
+    records: &[ReplicaRecord],
+) -> Result<(u32, u32), StorageError> {
+    let (mut applied, mut stale) = (0u32, 0u32);
+    let mut engine = shard.store.engine();
+    for record in records {
+        if !shard.observe_version(record.version) {
+            // A version no correct clock makes: storing it would pin the key forever.
+            stale += 1;
+            continue;
+        }
+        let outcome = if record.tombstone {
+            engine.delete_if_newer(&record.key, record.version)
+        } else {
+            engine.put_if_newer(
+                &record.key,
+                &record.value,
+                record.flags,
+                record.exptime,
+                record.version,
+            )
+        };
+        match outcome? {
+            WriteOutcome::Stored | WriteOutcome::Deleted => applied += 1,
+            _ => stale += 1,
+        }
+    }
+    drop(engine);
+    Counters::bump(&shard.counters.repl_applied, u64::from(applied));
+    Counters::bump(&shard.counters.repl_stale, u64::from(stale));
+    Ok((applied, stale))
 }

@@ -70,6 +70,8 @@ pub(crate) enum ShardCall {
     Data(DataRequest),
     /// Replicated records whose keys belong to the callee's core.
     Replicate(Vec<ReplicaRecord>),
+    /// A [`ReplicationRequest::Pull`] of a key of the callee's core; answered with `Replicate`.
+    Pull { hash: u64, key: Vec<u8> },
     /// This shard's counters, for `Stats`.
     LocalStats,
     /// The cluster side's work on every shard: rebalance phases, flush, rejoin, backup, status.
@@ -78,6 +80,7 @@ pub(crate) enum ShardCall {
 
 pub(crate) enum ShardAnswer {
     Data(DataResponse),
+    /// The answer to a `Replicate` or a `Pull`.
     Replicate(ReplicationResponse),
     Stats(ShardCounters),
     Cluster(ClusterAnswer),
@@ -95,6 +98,8 @@ pub(crate) struct ShardCounters {
     pub cmd_delete: u64,
     pub repl_applied: u64,
     pub repl_stale: u64,
+    pub pulls: u64,
+    pub pull_failures: u64,
 }
 
 /// Request counters kept by the shard (the engine keeps the item counts).
@@ -106,6 +111,10 @@ pub(crate) struct Counters {
     pub cmd_delete: Cell<u64>,
     pub repl_applied: Cell<u64>,
     pub repl_stale: Cell<u64>,
+    /// Keys pulled from their old owners before a conditional write (see `server::pull`), and
+    /// pulls that got no usable answer.
+    pub pulls: Cell<u64>,
+    pub pull_failures: Cell<u64>,
 }
 
 impl Counters {
@@ -130,6 +139,8 @@ pub(crate) struct Shard {
     pub(crate) peers: super::replication::PeerClients,
     pub(crate) fanout: super::fanout::Fanout,
     pub(crate) cluster: ClusterState,
+    /// Keys being pulled before a conditional write, with the requests queued behind them.
+    pub(crate) pulls: super::pull::Pulls,
 }
 
 impl Shard {
@@ -149,6 +160,7 @@ impl Shard {
             peers: Default::default(),
             fanout: Default::default(),
             cluster: ClusterState::default(),
+            pulls: Default::default(),
         }
     }
 
@@ -234,6 +246,9 @@ impl Shard {
             ShardCall::Replicate(records) => {
                 ShardAnswer::Replicate(super::replication::apply_local(&self, records).await)
             }
+            ShardCall::Pull { hash, key } => {
+                ShardAnswer::Replicate(super::pull::answer(&self, hash, &key))
+            }
             ShardCall::LocalStats => ShardAnswer::Stats(self.local_counters()),
             ShardCall::Cluster(call) => {
                 ShardAnswer::Cluster(super::maintenance::answer(&self, call).await)
@@ -254,6 +269,8 @@ impl Shard {
             cmd_delete: c.cmd_delete.get(),
             repl_applied: c.repl_applied.get(),
             repl_stale: c.repl_stale.get(),
+            pulls: c.pulls.get(),
+            pull_failures: c.pull_failures.get(),
         }
     }
 

@@ -585,6 +585,36 @@ impl Engine {
         Ok(self.find(key)?.map(|found| found.header.version))
     }
 
+    /// Hands `key`'s current record to `visit` as a rebalance copy would send it (see
+    /// [`Engine::for_each_in`]): a value that reads as present, or a tombstone; `None` when the
+    /// index has none, or only a flushed record or an expired value. The record is verified (a
+    /// damaged one is an error).
+    pub fn visit_record<R>(
+        &self,
+        key: &[u8],
+        visit: impl FnOnce(Entry<'_>) -> R,
+    ) -> Result<Option<R>, StorageError> {
+        self.check_key(key)?;
+        let Some(found) = self.find(key)? else {
+            return Ok(None);
+        };
+        let h = found.header;
+        let tombstone = h.kind == Kind::Tombstone;
+        if h.version < self.flush_version || (!tombstone && h.expiry != 0 && h.expiry <= self.now())
+        {
+            return Ok(None);
+        }
+        let rec = record::decode(self.record(found.slot)?)?;
+        Ok(Some(visit(Entry {
+            key: rec.key,
+            value: rec.value,
+            version: h.version,
+            flags: h.flags,
+            expiry: h.expiry,
+            tombstone,
+        })))
+    }
+
     /// Records with a version below this read as missing (the last `flush_all`).
     pub fn flush_version(&self) -> u64 {
         self.flush_version

@@ -564,6 +564,32 @@ impl TextClient {
         self.command(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
     }
 
+    /// A storage command `verb` (`add`, `replace`, `append`, `prepend`) with flags 0, no expiry.
+    pub fn store(&mut self, verb: &str, key: &str, value: &str) -> std::io::Result<String> {
+        self.command(&format!("{verb} {key} 0 0 {}\r\n{value}\r\n", value.len()))
+    }
+
+    /// `incr KEY DELTA`: the new value or the error line.
+    pub fn incr(&mut self, key: &str, delta: u64) -> std::io::Result<String> {
+        self.command(&format!("incr {key} {delta}\r\n"))
+    }
+
+    /// Sends `text` (several commands) in one write and reads `lines` answer lines.
+    pub fn pipeline(&mut self, text: &str, lines: usize) -> std::io::Result<Vec<String>> {
+        self.writer.write_all(text.as_bytes())?;
+        (0..lines).map(|_| self.line()).collect()
+    }
+
+    /// Sets every `(key, value)` in one pipelined burst; returns the answers in order.
+    pub fn set_many(&mut self, pairs: &[(String, String)]) -> std::io::Result<Vec<String>> {
+        let mut out = String::new();
+        for (key, value) in pairs {
+            out.push_str(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()));
+        }
+        self.writer.write_all(out.as_bytes())?;
+        pairs.iter().map(|_| self.line()).collect()
+    }
+
     pub fn delete(&mut self, key: &str) -> std::io::Result<String> {
         self.command(&format!("delete {key}\r\n"))
     }
