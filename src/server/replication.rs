@@ -180,6 +180,10 @@ pub(crate) async fn call_with_retries(
             Ok(other) => last = format!("{peer}: unexpected answer {other:?}"),
             Err(e) => last = format!("{peer}: {e}"),
         }
+        crate::warn!(
+            "replication to {peer} (shard {peer_shard}), attempt {}: {last}",
+            attempt + 1
+        );
     }
     Err(last)
 }
