@@ -16,6 +16,32 @@ use glommio::sync::Semaphore;
 
 use super::RuntimeError;
 
+/// How long a daemon may take to stop after SIGINT/SIGTERM before it exits anyway.
+///
+/// A clean stop writes each shard's index snapshot and a final sync; a shard stuck in it (a
+/// wake-up lost in the executor was seen once: a server sat idle in its io_uring wait forever after
+/// SIGTERM) must not keep the process, and the port, forever. Exiting without the snapshot is safe:
+/// the store is built to survive a kill at any point, the next start replays the log instead.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Exits the process if it is still running [`SHUTDOWN_GRACE`] after the stop signal.
+fn spawn_shutdown_watchdog() {
+    let spawned = std::thread::Builder::new()
+        .name("kumo-stop-watchdog".into())
+        .spawn(|| {
+            std::thread::sleep(SHUTDOWN_GRACE);
+            crate::warn!(
+                "still stopping {} s after the stop signal: exiting now (the next start replays \
+                 the log instead of reading a snapshot)",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        crate::warn!("no shutdown watchdog ({e}): a stuck shutdown will need SIGKILL");
+    }
+}
+
 /// How often each shard looks at the process-wide flag.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -67,7 +93,12 @@ impl Shutdown {
                 // SAFETY: `set` lives in this closure; sigwait writes one int.
                 let rc = unsafe { libc::sigwait(&set, &mut signal) };
                 if rc == 0 && (signal == libc::SIGINT || signal == libc::SIGTERM) {
-                    shutdown.trigger();
+                    // A second signal (a Ctrl-C reaching a whole process group, then a TERM
+                    // from a wrapper script) changes nothing: the stop under way goes on.
+                    if !shutdown.is_triggered() {
+                        shutdown.trigger();
+                        spawn_shutdown_watchdog();
+                    }
                 }
             })
             .map_err(|e| RuntimeError::Io(format!("spawning the signal thread: {e}")))?;
