@@ -93,6 +93,21 @@ fn server_isolated_from_the_manager(mode: Mode) {
         "{gone} adopted epoch {isolated_epoch}"
     );
 
+    // The gateway (the shard serving `client`) follows too: a delete sent before it did would
+    // still go to the isolated server, which believes it coordinates its keys.
+    wait_or(
+        "the gateway to route with the new table",
+        WAIT,
+        || cluster.logs(),
+        || {
+            client
+                .stat("routing_epoch")
+                .ok()
+                .flatten()
+                .and_then(|e| e.parse::<u64>().ok())
+                .is_some_and(|e| e >= epoch)
+        },
+    );
     // The gateway serves every key from the other copies; deletes do not reach the isolated one.
     writer.wait_more(200, WAIT);
     for key in &doomed {

@@ -564,6 +564,23 @@ impl TextClient {
         self.command(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
     }
 
+    /// One item of the `stats` answer on this connection (e.g. the gateway's `routing_epoch`).
+    pub fn stat(&mut self, name: &str) -> std::io::Result<Option<String>> {
+        let mut line = self.command("stats\r\n")?;
+        let mut found = None;
+        while line != "END" {
+            if let Some(value) = line
+                .strip_prefix("STAT ")
+                .and_then(|rest| rest.strip_prefix(name))
+                .and_then(|rest| rest.strip_prefix(' '))
+            {
+                found = Some(value.to_string());
+            }
+            line = self.line()?;
+        }
+        Ok(found)
+    }
+
     /// A storage command `verb` (`add`, `replace`, `append`, `prepend`) with flags 0, no expiry.
     pub fn store(&mut self, verb: &str, key: &str, value: &str) -> std::io::Result<String> {
         self.command(&format!("{verb} {key} 0 0 {}\r\n{value}\r\n", value.len()))
