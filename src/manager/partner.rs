@@ -52,9 +52,11 @@ pub(super) async fn sync_loop(
 /// One exchange with the partner; returns whether it answered.
 pub(super) async fn sync_once(service: &Rc<ManagerService>, partner: &ManagerClient) -> bool {
     let request = service.sync_request();
+    // When we asked: the partner's answer proves it follows from then on (the pair's lease).
+    let asked = service.now();
     match partner.call(&request).await {
         Ok(response) => {
-            service.partner_answered(response);
+            service.partner_answered(response, asked);
             true
         }
         Err(_) => false,

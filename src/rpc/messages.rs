@@ -270,6 +270,20 @@ pub struct BackupReport {
     pub servers: Vec<(SocketAddr, BackupState)>,
 }
 
+/// What a server tells a manager, in every keepalive, about one manager it sends keepalives to.
+/// msgpack array of three: `[addr, silent_ms, write_version]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerContact {
+    /// The manager as the server names it (`-m`, `-p`): its listen address.
+    pub addr: SocketAddr,
+    /// Milliseconds since that manager last answered a keepalive of this server, or, if it never
+    /// did, since the server started asking it.
+    pub silent_ms: u64,
+    /// The write table version of the routing that manager offered in its last answer (the one the
+    /// server held if it answered `UpToDate`); `None` before its first answer.
+    pub write_version: Option<u64>,
+}
+
 /// How far a server is in the current rebalance phase (sent with its keepalives).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseProgress {
@@ -337,6 +351,12 @@ pub enum ManagerRequest {
         routing_version: u64,
         /// Progress of the rebalance phase this server is running, if any.
         progress: Option<PhaseProgress>,
+        /// How recently every manager this server sends keepalives to answered it, so that the
+        /// follower of a pair cut off from its partner can tell whether servers still hear it
+        /// (see `cluster::pair`). Added after the first release: a keepalive without it decodes
+        /// with an empty list (a manager then has no news about its partner from that server).
+        #[serde(default)]
+        managers: Vec<ManagerContact>,
     },
     /// A gateway (or tool) asks for the routing snapshot unless it holds epoch `known_version`
     /// (the asker decides whether to adopt it: [`RoutingSnapshot::supersedes`]).
