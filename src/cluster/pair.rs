@@ -34,9 +34,10 @@
 //!   it counts once it has asked for that long), it is gone for the cluster too, and this manager
 //!   drives;
 //! - if no server heard the partner within `timeout_ms` and none said it lost it (no servers,
-//!   none reaching this manager, or the last ones went away), the first manager drives and the follower does not: it cannot tell a dead
-//!   partner from being cut off itself, and a follower cut off from everything that drove would
-//!   mark every server fault under a new write table, which the heal would keep.
+//!   none reaching this manager, or the last ones went away), the first manager drives and the
+//!   follower does not: it cannot tell a dead partner from being cut off itself, and a follower cut
+//!   off from everything that drove would mark every server fault under a new write table, which
+//!   the heal would keep.
 //!
 //! A follower that does not drive while its partner is unreachable cannot forward commands either:
 //! it answers them with an error naming the manager to send them to, and keeps serving status and
@@ -74,7 +75,18 @@
 //!   managers themselves): a report about another name is no news about the partner.
 //! - A manager restarted with an older state than its partner's while the link is cut, whose
 //!   partner then dies too, drives on its older state once servers stop hearing the partner: it
-//!   cannot fetch the newer one from anywhere.
+//!   cannot fetch the newer one from anywhere. "Newer" is the write table version only: a partner
+//!   whose decisions left it unchanged (the end of a drop phase) is not seen as ahead.
+//! - A manager that does not run for `timeout_ms` (its host froze) looks dead to servers and its
+//!   partner takes over; when it runs again both drive until the news of its return reaches the
+//!   partner (a keepalive round), then the usual rule settles who goes on. Keepalives lost at
+//!   random do the same to a live one, rarely. Back from a stall, a manager gives every server a
+//!   fault window before judging it down ([`super::membership::Membership::resumed`]).
+//! - The lease is counted in the first manager's clock from when it sent the sync; the partner's
+//!   promise runs in its own clock from when it took it in. Both are monotonic clocks of the same
+//!   rate, so the lease ends first.
+//! - Who drives changes with pauses: up to a sync round trip at a start or a heal, and up to
+//!   `timeout_ms` on a link that works one way, nobody drives.
 
 use std::net::SocketAddr;
 

@@ -313,9 +313,9 @@ impl RoutingSnapshot {
 
     /// Whether a server or gateway holding `held` adopts `self`: a newer write table wins, and
     /// under the same write table the newer epoch. The epoch alone is not enough when the two
-    /// managers of a pair are cut off from each other: both drive, and the side whose state changed
-    /// last (its GC horizon moved, say) has the newest epoch while the other side attached or
-    /// detached servers. Following the epoch, servers and gateways would switch between the two
+    /// managers of a pair both drive (they are cut off from each other and servers lost the first
+    /// one, see `cluster::pair`): the side whose state changed last (its GC horizon moved, say) has
+    /// the newest epoch while the other side attached or detached servers. Following the epoch, servers and gateways would switch between the two
     /// sides' tables on every change, writing under one and reading under the other, and a
     /// rebalance on either side could never finish. Ordered by write table first they follow the
     /// newest membership decision, which is also the routing the pair keeps when it joins its
@@ -442,6 +442,42 @@ mod tests {
             read: table,
             ..RoutingSnapshot::empty()
         }
+    }
+
+    /// A keepalive from a server that predates `managers` still decodes (with no news in it).
+    #[test]
+    fn a_keepalive_without_manager_contacts_decodes() {
+        #[derive(Serialize)]
+        enum Older {
+            KeepAlive {
+                addr: SocketAddr,
+                stream_port: u16,
+                shards: u16,
+                routing_version: u64,
+                progress: Option<PhaseProgress>,
+            },
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], 19800));
+        let older = Older::KeepAlive {
+            addr,
+            stream_port: 19900,
+            shards: 2,
+            routing_version: 7,
+            progress: None,
+        };
+        let bytes = rmp_serde::to_vec(&older).unwrap();
+        let decoded: ManagerRequest = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            decoded,
+            ManagerRequest::KeepAlive {
+                addr,
+                stream_port: 19900,
+                shards: 2,
+                routing_version: 7,
+                progress: None,
+                managers: Vec::new(),
+            }
+        );
     }
 
     #[test]
