@@ -386,8 +386,9 @@ impl ManagerService {
                     Ok(answer) => format!("unexpected answer {answer:?}"),
                 };
                 ManagerResponse::Error(format!(
-                    "manager {} does not drive and could not pass the command on to its partner \
-                     {name} ({why}); nothing was done: retry, or send the command to {name}",
+                    "manager {} does not drive and got no answer from its partner {name} for the \
+                     command ({why}); it did not run here, and may not have run there: check \
+                     `kumoctl {name} status`, retry, or send the command to {name}",
                     self.me(),
                 ))
             }
