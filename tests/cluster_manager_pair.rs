@@ -377,6 +377,23 @@ impl PairCluster {
         }
     }
 
+    /// Every log of the cluster's processes so far.
+    fn logs(&self) -> String {
+        let mut paths: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        let mut out = String::new();
+        for path in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            out.push_str(&format!("--- {}\n{text}", path.display()));
+        }
+        out
+    }
+
     fn restart(&mut self, i: usize, cycle: usize) {
         let state = self.dir.path().join(format!("m{i}"));
         self.daemons[i] = Some(start_manager(
@@ -420,12 +437,22 @@ fn managers_killed_and_restarted_in_a_loop() {
         }
         cluster.restart(victim, cycle);
         let [a, b] = cluster.managers;
-        wait_until("the pair to converge and settle", WAIT, || {
-            match (status(a), status(b)) {
-                (Some(x), Some(y)) => x.epoch == y.epoch && settled_with(&x, 3),
-                _ => false,
+        let start = std::time::Instant::now();
+        loop {
+            let (x, y) = (status(a), status(b));
+            if let (Some(x), Some(y)) = (&x, &y) {
+                if x.epoch == y.epoch && settled_with(x, 3) {
+                    break;
+                }
             }
-        });
+            if start.elapsed() > WAIT {
+                panic!(
+                    "round {cycle}: the pair did not converge and settle:\n{x:?}\n{y:?}\n{}",
+                    cluster.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         writer.wait_for_progress(30, "writes after the round");
         assert_eq!(writer.errors(), Vec::<String>::new(), "round {cycle}");
     }

@@ -86,6 +86,20 @@ pub fn status_text(report: &StatusReport) -> String {
                 "warning: partner manager {} is unreachable\n",
                 partner.addr
             ));
+            // Who drives while the pair is cut off (see kumofs::cluster::pair).
+            match (report.role, partner.servers_hear) {
+                (Role::Follower, Some(true)) => out.push_str(&format!(
+                    "warning: servers still hear {0}, which drives; this manager does not: send \
+                     membership commands to {0}\n",
+                    partner.addr
+                )),
+                (Role::Follower, _) => out.push_str(&format!(
+                    "warning: no server reports on {0}: this manager does not take over until \
+                     servers say {0} is gone (servers must list it by the address it listens on)\n",
+                    partner.addr
+                )),
+                _ => {}
+            }
         }
     }
     if report.role == Role::CatchingUp {
@@ -252,6 +266,7 @@ mod tests {
         r.partner = Some(PartnerStatus {
             addr: "10.0.0.9:19700".parse().unwrap(),
             reachable: false,
+            servers_hear: Some(false),
         });
         let text = status_text(&r);
         assert!(text.ends_with(
@@ -260,6 +275,18 @@ mod tests {
              records scanned, 3 sent\n  10.0.0.2:19800  done\nwarning: partner manager \
              10.0.0.9:19700 is unreachable\n"
         ), "{text}");
+        // A follower cut off from the driving partner says where commands go.
+        r.role = Role::Follower;
+        r.partner = Some(PartnerStatus {
+            addr: "10.0.0.9:19700".parse().unwrap(),
+            reachable: false,
+            servers_hear: Some(true),
+        });
+        assert!(status_text(&r).ends_with(
+            "warning: partner manager 10.0.0.9:19700 is unreachable\nwarning: servers still hear \
+             10.0.0.9:19700, which drives; this manager does not: send membership commands to \
+             10.0.0.9:19700\n"
+        ));
         r.rebalance = None;
         r.partner = None;
         assert!(status_text(&r).contains("run `kumoctl MANAGER replace`"));

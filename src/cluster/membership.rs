@@ -7,8 +7,8 @@
 //! partner), partner syncs and [`Membership::tick`]; every input carries the time ([`Now`]), so the
 //! machine reads no clock and opens no socket. Its output is its state: whenever
 //! `state().epoch` changes, the caller persists the state, serves the new routing snapshot and
-//! syncs its partner. Only the driving manager ([`Role::Leader`]) makes decisions; a follower answers
-//! [`Outcome::Forward`] for commands.
+//! syncs its partner. Only the driving manager ([`Role::Leader`], see [`super::pair`]) decides; a
+//! follower answers [`Outcome::Forward`] for commands (or refuses them if the partner is cut off).
 //!
 //! Lifecycle of a server: it sends keepalives and appears as *not attached*; `attach` makes it
 //! active in the write table (recovering it if it was fault); when nobody heard from it for
@@ -22,11 +22,11 @@ use std::net::SocketAddr;
 
 use super::clock::{version_at, Hlc};
 use super::liveness::Liveness;
-use super::pair::{Pair, PartnerView, Role};
+use super::pair::{Pair, PartnerView, Role, ServersHear};
 use super::rebalance::{self, Stamper};
 use super::state::{ClusterState, ServerInfo, Stamped};
 use crate::ring::RoutingTable;
-use crate::rpc::messages::{BackupReport, BackupState, PhaseProgress};
+use crate::rpc::messages::{BackupReport, BackupState, ManagerContact, PhaseProgress};
 
 pub use super::rebalance::{Phase, Rebalance, RebalanceRun};
 pub use super::status::{ServerProgress, StatusReport};
@@ -75,6 +75,8 @@ pub struct KeepAlive {
     /// The epoch of the routing snapshot the server holds.
     pub routing_version: u64,
     pub progress: Option<PhaseProgress>,
+    /// How recently each manager answered the server (see [`super::pair`]).
+    pub managers: Vec<ManagerContact>,
 }
 
 /// Something only the driving manager does.
@@ -162,13 +164,7 @@ impl Membership {
             None => ClusterState::default(),
         };
         let mut liveness = Liveness::new(config.fault_after_ms);
-        let attached: Vec<SocketAddr> = state
-            .routing
-            .write
-            .active()
-            .chain(state.routing.read.active())
-            .collect();
-        liveness.assume_alive(attached, now.mono_ms);
+        liveness.assume_alive(attached(&state), now.mono_ms);
         let pair = partner.map(|p| Pair::new(p, config.fault_after_ms, now.mono_ms));
         let mut m = Membership {
             me,
@@ -211,8 +207,13 @@ impl Membership {
     pub fn role(&self, now: Now) -> Role {
         match &self.pair {
             None => Role::Leader,
-            Some(pair) => pair.role(self.me, now.mono_ms),
+            Some(pair) => pair.role(self.me, self.state.routing.write.version, now.mono_ms),
         }
+    }
+
+    /// What servers said lately about the partner.
+    pub fn servers_hear_partner(&self, now: Now) -> Option<ServersHear> {
+        self.pair.as_ref().map(|p| p.servers_hear(now.mono_ms))
     }
 
     pub(super) fn liveness(&self) -> &Liveness {
@@ -246,6 +247,9 @@ impl Membership {
         }
         self.liveness
             .heard(ka.addr, ka.info, ka.progress, now.mono_ms);
+        if let Some(pair) = &mut self.pair {
+            pair.server_report(&ka.managers, now.mono_ms);
+        }
         if self.role(now) == Role::Leader {
             let stamp = self.hlc.now(now.wall_ms);
             if self.state.learn_server(ka.addr, ka.info, stamp) {
@@ -254,12 +258,16 @@ impl Membership {
         }
     }
 
-    /// Runs a command, or says to forward it. `forwarded` commands come from the partner (or are
-    /// applied here because the partner could not be reached): they run whatever the role.
+    /// Runs a command, or says to forward it (a follower cut off from its partner refuses it).
+    /// `forwarded` commands come from the partner: they run whatever the role.
     pub fn command(&mut self, command: Command, now: Now, forwarded: bool) -> Outcome {
         match (self.role(now), forwarded) {
             (Role::Leader, _) | (_, true) => {}
-            (Role::Follower, false) => return Outcome::Forward,
+            (Role::Follower, false) if self.partner_reachable(now) => return Outcome::Forward,
+            (Role::Follower, false) => {
+                let why = self.pair.as_ref().map(|p| p.refusal(self.me, now.mono_ms));
+                return Outcome::Done(Reply::Error(why.unwrap_or_default()));
+            }
             (Role::CatchingUp, false) => {
                 return Outcome::Done(Reply::Error(format!(
                     "manager {} is starting and waits for its partner's state; retry in a few \
@@ -460,6 +468,30 @@ impl Membership {
         Ok(())
     }
 
+    /// The partner's answer to a sync sent at `asked`: joined in like a sync, and it renews the
+    /// first manager's lease (see [`super::pair`]).
+    pub fn partner_answer(
+        &mut self,
+        from: SocketAddr,
+        state: ClusterState,
+        view: &PartnerView,
+        asked: Now,
+        now: Now,
+    ) -> Result<(), String> {
+        self.partner_sync(from, state, view, now)?;
+        if let Some(pair) = &mut self.pair {
+            pair.answered(asked.mono_ms, now.mono_ms);
+        }
+        Ok(())
+    }
+
+    /// This manager did not run for a while (its host froze): what servers sent meanwhile is
+    /// unread yet, so attached servers get one fault window to be heard again, as at start-up.
+    pub fn resumed(&mut self, now: Now) {
+        self.liveness
+            .assume_alive(attached(&self.state), now.mono_ms);
+    }
+
     /// Advances time: the driver's duties (failure detection, backups, auto-replace, horizon).
     pub fn tick(&mut self, now: Now) {
         self.liveness.prune(now.mono_ms);
@@ -626,6 +658,12 @@ impl Membership {
             )
         })
     }
+}
+
+/// Servers active in the write or the read table.
+fn attached(state: &ClusterState) -> Vec<SocketAddr> {
+    let (write, read) = (&state.routing.write, &state.routing.read);
+    write.active().chain(read.active()).collect()
 }
 
 /// A backup suffix becomes part of file names on every server.

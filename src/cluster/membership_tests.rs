@@ -1,5 +1,5 @@
-//! Unit tests of the manager's state machine, one behaviour at a time. The randomised pair and
-//! network simulation is in `tests/cluster_manager_sim.rs`.
+//! Unit tests of the manager's state machine, one behaviour at a time (the pair's in
+//! [`pair`]). The randomised pair and network simulation is in `tests/cluster_manager_sim`.
 
 use super::*;
 use crate::cluster::state::ServerInfo;
@@ -35,18 +35,7 @@ fn machine() -> Membership {
 }
 
 fn ka(m: &mut Membership, n: u16, ms: u64) {
-    m.keepalive(
-        KeepAlive {
-            addr: addr(n),
-            info: ServerInfo {
-                shards: 2,
-                stream_port: 19900 + n,
-            },
-            routing_version: 0,
-            progress: None,
-        },
-        at(ms),
-    );
+    pair::ka_saying(m, n, ms, Vec::new());
 }
 
 fn run(m: &mut Membership, command: Command, ms: u64) -> Reply {
@@ -443,115 +432,6 @@ fn backup_order_results_and_failures() {
     assert!(m.state().snapshot().unwrap().backup.is_none());
 }
 
-fn pair() -> (Membership, Membership) {
-    let a = Membership::new(mgr(1), Some(mgr(2)), config(), None, at(0)).unwrap();
-    let b = Membership::new(mgr(2), Some(mgr(1)), config(), None, at(0)).unwrap();
-    (a, b)
-}
-
-fn sync(from: &mut Membership, to: &mut Membership, ms: u64) {
-    let state = from.state().clone();
-    let view = from.partner_view(at(ms));
-    to.partner_sync(from.me(), state, &view, at(ms)).unwrap();
-    let state = to.state().clone();
-    let view = to.partner_view(at(ms));
-    from.partner_sync(to.me(), state, &view, at(ms)).unwrap();
-}
-
-#[test]
-fn the_pair_has_one_driver_and_converges() {
-    let (mut a, mut b) = pair();
-    assert!(matches!(
-        a.command(Command::Attach { replace: true }, at(1), false),
-        Outcome::Done(Reply::Error(e)) if e.contains("starting")
-    ));
-    sync(&mut a, &mut b, 10);
-    assert_eq!(a.role(at(10)), Role::Leader);
-    assert_eq!(b.role(at(10)), Role::Follower);
-    // Server 1 is heard by the follower only: the leader can still attach it.
-    ka(&mut b, 1, 20);
-    sync(&mut b, &mut a, 20);
-    assert_eq!(
-        b.command(Command::Attach { replace: true }, at(21), false),
-        Outcome::Forward
-    );
-    run(&mut a, Command::Attach { replace: true }, 21);
-    a.tick(at(22));
-    assert!(
-        a.state().server(addr(1)).is_some(),
-        "learned from the partner"
-    );
-    sync(&mut a, &mut b, 23);
-    assert_eq!(a.state(), b.state());
-    // The follower does not judge servers down; the leader keeps server 1 alive via the view.
-    for ms in (100..3000).step_by(100) {
-        ka(&mut b, 1, ms);
-        b.tick(at(ms));
-        sync(&mut b, &mut a, ms);
-        a.tick(at(ms));
-    }
-    assert!(a.state().routing.write.is_active(addr(1)));
-    // The leader goes away: the follower takes over after the timeout and drives.
-    for ms in (3000..4200).step_by(100) {
-        ka(&mut b, 1, ms);
-        b.tick(at(ms));
-    }
-    assert_eq!(b.role(at(4200)), Role::Leader);
-    let epoch = b.state().epoch;
-    done_all(&mut b, 4200);
-    assert!(b.state().epoch > epoch);
-    // The old leader comes back with its older state and catches up.
-    sync(&mut a, &mut b, 4300);
-    assert_eq!(a.state(), b.state());
-    assert_eq!(a.role(at(4300)), Role::Leader);
-    assert_eq!(b.role(at(4300)), Role::Follower);
-}
-
-#[test]
-fn an_unknown_partner_is_refused() {
-    let (mut a, _) = pair();
-    let err = a
-        .partner_sync(
-            mgr(3),
-            ClusterState::default(),
-            &PartnerView::default(),
-            at(1),
-        )
-        .unwrap_err();
-    assert!(err.contains("unknown partner"), "{err}");
-    let mut solo = machine();
-    assert!(solo
-        .partner_sync(
-            mgr(2),
-            ClusterState::default(),
-            &PartnerView::default(),
-            at(1)
-        )
-        .is_err());
-}
-
-#[test]
-fn a_split_pair_joins_to_the_newest_tables() {
-    let (mut a, mut b) = pair();
-    sync(&mut a, &mut b, 10);
-    ka(&mut a, 1, 20);
-    run(&mut a, Command::Attach { replace: false }, 21);
-    sync(&mut a, &mut b, 22);
-    // Partition: both drive after the timeout and change routing differently.
-    ka(&mut b, 2, 2000);
-    ka(&mut a, 1, 2000);
-    ka(&mut b, 1, 2000);
-    assert_eq!(b.role(at(2000)), Role::Leader);
-    run(&mut a, Command::Replace { full: false }, 2001);
-    run(&mut b, Command::Attach { replace: true }, 2002);
-    let newest = b.state().routing.clone();
-    let (ea, eb) = (a.state().epoch, b.state().epoch);
-    sync(&mut a, &mut b, 2003);
-    assert_eq!(a.state().routing, newest);
-    assert_eq!(a.state(), b.state());
-    assert!(a.state().epoch > ea.max(eb) || a.state().epoch == eb);
-}
-
 #[test]
 fn a_manager_older_than_the_servers_says_so() {
     let mut m = machine();
@@ -566,6 +446,7 @@ fn a_manager_older_than_the_servers_says_so() {
             },
             routing_version: version_at(T0) + 99,
             progress: None,
+            managers: Vec::new(),
         },
         at(1),
     );
@@ -600,3 +481,24 @@ fn attach_with_nothing_new_leaves_a_running_rebalance_alone() {
         Phase::Copying
     );
 }
+
+/// A manager that did not run for a while (the host froze) does not judge servers down for its
+/// own silence: each gets a fault window to be heard again.
+#[test]
+fn a_manager_back_from_a_stall_gives_servers_a_fault_window() {
+    let mut m = machine();
+    ka(&mut m, 1, 0);
+    ka(&mut m, 2, 0);
+    run(&mut m, Command::Attach { replace: false }, 1);
+    // Nothing ran from 100 to 3000.
+    m.resumed(at(3000));
+    m.tick(at(3000));
+    assert_eq!(routing(&m).write.active().count(), 2);
+    ka(&mut m, 1, 3100);
+    m.tick(at(4000));
+    assert_eq!(routing(&m).write.state_of(addr(1)), Some(NodeState::Active));
+    assert_eq!(routing(&m).write.state_of(addr(2)), Some(NodeState::Fault));
+}
+
+#[path = "membership_pair_tests.rs"]
+mod pair;

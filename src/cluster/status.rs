@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::membership::{Membership, Now};
-use super::pair::Role;
+use super::pair::{Role, ServersHear};
 use super::rebalance::{copy_participants, Phase, Rebalance, RebalanceRun};
 use super::table::TableSpec;
 use crate::rpc::messages::{BackupReport, PhaseProgress};
@@ -27,6 +27,10 @@ pub struct PartnerStatus {
     pub addr: SocketAddr,
     /// A sync was exchanged within the fault window.
     pub reachable: bool,
+    /// What servers said about it within the fault window: `Some(true)` a server heard it,
+    /// `Some(false)` servers report it silent, `None` no server reported on it.
+    #[serde(default)]
+    pub servers_hear: Option<bool>,
 }
 
 /// A summary for `kumoctl status`.
@@ -101,6 +105,11 @@ pub(super) fn report(m: &Membership, now: Now) -> StatusReport {
         partner: m.partner().map(|addr| PartnerStatus {
             addr,
             reachable: m.partner_reachable(now),
+            servers_hear: match m.servers_hear_partner(now) {
+                Some(ServersHear::Yes(_)) => Some(true),
+                Some(ServersHear::No) => Some(false),
+                Some(ServersHear::Unknown) | None => None,
+            },
         }),
         epoch: state.epoch,
         gc_horizon: state.gc_horizon,

@@ -31,6 +31,8 @@ use crate::runtime::{
 
 /// How often the manager advances time (fault detection, automatic replace, horizon).
 pub const TICK: Duration = Duration::from_millis(250);
+/// A tick this late means the manager itself was not running (see [`Membership::resumed`]).
+const STALL: Duration = Duration::from_millis(1000);
 
 /// Settings of one manager.
 #[derive(Debug, Clone)]
@@ -132,8 +134,17 @@ async fn serve(config: ManagerConfig, listener: Listener, ctx: ShardContext<()>)
     let ticker = service.clone();
     let tick_stop = stop.clone();
     runtime::spawn(async move {
+        let mut last = Instant::now();
         while !tick_stop.is_fired() {
             runtime::sleep(TICK).await;
+            // This manager did not run for a while (the host froze, or the process was stopped):
+            // the keepalives of that time wait unread in its sockets, and servers must not be
+            // judged down for its own silence.
+            let gap = last.elapsed();
+            last = Instant::now();
+            if gap > STALL {
+                ticker.resumed_after_stall(gap);
+            }
             ticker.tick();
         }
     });

@@ -2,7 +2,8 @@
 //! change of this manager's state. Each sync sends this manager's state and view and joins the
 //! partner's answer, so both directions converge in one round trip. A partner that does not answer
 //! costs one failed call per round; the pair logic (see [`crate::cluster::pair`]) decides from the
-//! time of the last successful exchange when this manager takes over.
+//! time of the last successful exchange, and from what servers say of the partner, who drives. An
+//! answer also renews the first manager's lease, counted from when the sync was sent.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -52,9 +53,11 @@ pub(super) async fn sync_loop(
 /// One exchange with the partner; returns whether it answered.
 pub(super) async fn sync_once(service: &Rc<ManagerService>, partner: &ManagerClient) -> bool {
     let request = service.sync_request();
+    // When we asked: the partner's answer proves it follows from then on (the pair's lease).
+    let asked = service.now();
     match partner.call(&request).await {
         Ok(response) => {
-            service.partner_answered(response);
+            service.partner_answered(response, asked);
             true
         }
         Err(_) => false,

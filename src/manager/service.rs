@@ -1,7 +1,9 @@
 //! The manager's request handling around the [`Membership`] machine: it feeds the machine every
-//! request with the time, forwards commands to the partner when this manager follows, and after
-//! every input whose outcome changed the state's epoch it writes the state file, rebuilds the
-//! routing snapshot it serves and wakes the partner sync.
+//! request with the time, forwards commands to the partner when this manager follows (and never
+//! runs them itself when the partner does not answer: two managers must not both decide), and after
+//! every input whose outcome changed the state's epoch it writes the state file (on a blocking
+//! thread, so that a slow disk never silences the manager), then rebuilds the routing snapshot it
+//! serves and wakes the partner sync.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -13,11 +15,15 @@ use glommio::channels::local_channel::LocalSender;
 use super::store::StateStore;
 use crate::cluster::clock::wall_ms;
 use crate::cluster::membership::{Command, KeepAlive, Membership, Now, Outcome, Reply};
-use crate::cluster::state::ServerInfo;
+use crate::cluster::pair::{Role, ServersHear};
+use crate::cluster::state::{ClusterState, ServerInfo};
 use crate::rpc::messages::{ManagerRequest, ManagerResponse, RoutingSnapshot};
 use crate::rpc::RpcClient;
 
 pub type ManagerClient = RpcClient<ManagerRequest, ManagerResponse>;
+
+/// A state file write slower than this is logged.
+const SLOW_SAVE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Everything one manager knows; lives on the manager's single shard.
 pub struct ManagerService {
@@ -25,13 +31,17 @@ pub struct ManagerService {
     started: Instant,
     snapshot: RefCell<Rc<RoutingSnapshot>>,
     store: StateStore,
-    /// Epoch of the state last written and published.
-    published: Cell<u64>,
+    /// Epoch of the newest state handed to the writer.
+    queued: Cell<u64>,
+    /// A write of the state file is under way.
+    writing: Cell<bool>,
     /// Last failure to write the state file, shown by `kumoctl status` until a write succeeds.
     store_error: RefCell<Option<String>>,
     partner: Option<ManagerClient>,
     /// Wakes the partner sync loop after a change.
     wake_sync: RefCell<Option<LocalSender<()>>>,
+    /// The role at the last tick, to log its changes.
+    role: Cell<Option<Role>>,
 }
 
 impl ManagerService {
@@ -47,12 +57,18 @@ impl ManagerService {
             started,
             snapshot: RefCell::new(Rc::new(RoutingSnapshot::empty())),
             store,
-            published: Cell::new(u64::MAX),
+            queued: Cell::new(u64::MAX),
+            writing: Cell::new(false),
             store_error: RefCell::new(None),
             partner,
             wake_sync: RefCell::new(None),
+            role: Cell::new(None),
         });
-        service.publish();
+        // The first write runs here, before anything is served: the runtime is not serving yet.
+        let state = service.membership.borrow().state().clone();
+        service.queued.set(state.epoch);
+        let saved = service.store.save(&state);
+        service.saved(&state, saved);
         service
     }
 
@@ -76,15 +92,54 @@ impl ManagerService {
         self.snapshot.borrow().clone()
     }
 
-    /// After an input: if the state changed, persist it, serve it and tell the partner.
-    fn publish(&self) {
-        let membership = self.membership.borrow();
-        let state = membership.state();
-        if state.epoch == self.published.get() {
+    /// After an input: if the state changed, have it written to the state file, then served and
+    /// sent to the partner (see [`ManagerService::write_out`]).
+    fn publish(self: &Rc<Self>) {
+        let epoch = self.membership.borrow().state().epoch;
+        if epoch == self.queued.get() {
             return;
         }
-        self.published.set(state.epoch);
-        match self.store.save(state) {
+        self.queued.set(epoch);
+        if self.writing.replace(true) {
+            // The running writer takes the newest state after its current write.
+            return;
+        }
+        let service = self.clone();
+        crate::runtime::spawn(async move { service.write_out().await });
+    }
+
+    /// Writes the newest state to the state file on a blocking thread, then serves it: its fsyncs
+    /// can take seconds on a busy disk, and this manager must answer keepalives meanwhile (a
+    /// manager silent for the fault window looks dead to servers, and its partner then takes over,
+    /// see `cluster::pair`). Servers and gateways only ever get a state that is on disk; the
+    /// partner's syncs carry the newest one (the pair's join makes that harmless). Repeats while
+    /// the state changed meanwhile; one write at a time, so states reach the file in order.
+    async fn write_out(self: Rc<Self>) {
+        loop {
+            let state = self.membership.borrow().state().clone();
+            let (store, copy) = (self.store.clone(), state.clone());
+            let saving = Instant::now();
+            let saved = glommio::executor()
+                .spawn_blocking(move || store.save(&copy))
+                .await;
+            let took = saving.elapsed();
+            if took > SLOW_SAVE {
+                crate::warn!(
+                    "manager: writing the state file took {} ms",
+                    took.as_millis()
+                );
+            }
+            self.saved(&state, saved);
+            if self.membership.borrow().state().epoch == state.epoch {
+                break;
+            }
+        }
+        self.writing.set(false);
+    }
+
+    /// `state` was written (or failed to be): serve it and tell the partner.
+    fn saved(&self, state: &ClusterState, result: Result<(), String>) {
+        match result {
             Ok(()) => *self.store_error.borrow_mut() = None,
             Err(e) => {
                 crate::warn!("manager: {e}");
@@ -109,10 +164,46 @@ impl ManagerService {
     }
 
     /// Advances time: the driver's duties.
-    pub fn tick(&self) {
+    pub fn tick(self: &Rc<Self>) {
         let now = self.now();
         self.membership.borrow_mut().tick(now);
         self.publish();
+        self.log_role(now);
+    }
+
+    /// The tick came `gap` late: this manager was not running meanwhile.
+    pub fn resumed_after_stall(&self, gap: std::time::Duration) {
+        crate::warn!(
+            "manager: did not run for {} ms; servers get a fault window to be heard again",
+            gap.as_millis()
+        );
+        self.membership.borrow_mut().resumed(self.now());
+    }
+
+    /// Says in the log when this manager starts or stops driving, and why.
+    fn log_role(&self, now: Now) {
+        let membership = self.membership.borrow();
+        let role = membership.role(now);
+        if self.role.replace(Some(role)) == Some(role) {
+            return;
+        }
+        let Some(partner) = membership.partner() else {
+            return;
+        };
+        let link = if membership.partner_reachable(now) {
+            "in touch"
+        } else {
+            "unreachable"
+        };
+        let servers = match membership.servers_hear_partner(now) {
+            Some(ServersHear::Yes(_)) => "servers hear it",
+            Some(ServersHear::No) => "servers lost it",
+            _ => "no news of it from servers",
+        };
+        crate::info!(
+            "manager: {} (partner {partner}: {link}, {servers})",
+            role.name()
+        );
     }
 
     /// The snapshot, unless the asker holds this very epoch. An asker with a newer epoch gets it
@@ -137,6 +228,7 @@ impl ManagerService {
                 shards,
                 routing_version,
                 progress,
+                managers,
             } => {
                 let keepalive = KeepAlive {
                     addr,
@@ -146,6 +238,7 @@ impl ManagerService {
                     },
                     routing_version,
                     progress,
+                    managers,
                 };
                 self.membership.borrow_mut().keepalive(keepalive, now);
                 self.publish();
@@ -283,18 +376,21 @@ impl ManagerService {
             )),
             other => {
                 crate::warn!(
-                    "manager: the partner {} did not run {command:?} ({other:?}); running it here",
+                    "manager: the partner {} did not run {command:?} ({other:?})",
                     partner.addr()
                 );
-                let outcome = self
-                    .membership
-                    .borrow_mut()
-                    .command(command, self.now(), true);
-                self.publish();
-                match outcome {
-                    Outcome::Done(reply) => to_response(reply),
-                    Outcome::Forward => ManagerResponse::Error("internal: forwarded twice".into()),
-                }
+                // Named as the partner names itself, not by the address dialled (a proxy, maybe).
+                let name = self.membership.borrow().partner().unwrap_or(partner.addr());
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(answer) => format!("unexpected answer {answer:?}"),
+                };
+                ManagerResponse::Error(format!(
+                    "manager {} does not drive and got no answer from its partner {name} for the \
+                     command ({why}); it did not run here, and may not have run there: check \
+                     `kumoctl {name} status`, retry, or send the command to {name}",
+                    self.me(),
+                ))
             }
         }
     }
@@ -309,8 +405,8 @@ impl ManagerService {
         }
     }
 
-    /// Takes in the partner's answer to a sync.
-    pub(super) fn partner_answered(&self, response: ManagerResponse) {
+    /// Takes in the partner's answer to a sync sent at `asked`.
+    pub(super) fn partner_answered(self: &Rc<Self>, response: ManagerResponse, asked: Now) {
         let Some(partner) = self.membership.borrow().partner() else {
             return;
         };
@@ -320,7 +416,7 @@ impl ManagerService {
                 let result = self
                     .membership
                     .borrow_mut()
-                    .partner_sync(partner, *state, &view, now);
+                    .partner_answer(partner, *state, &view, asked, now);
                 if let Err(e) = result {
                     crate::warn!("manager: state from partner {partner} refused: {e}");
                 }
@@ -336,12 +432,13 @@ impl ManagerService {
     }
 }
 
-/// Why a command is forwarded, which decides what happens when the partner does not answer.
+/// Why a command is forwarded, which decides what happens after the partner answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Forwarding {
-    /// From kumoctl: if the partner does not answer, the command runs here (this manager drives
-    /// soon anyway), and after it the partner's state is fetched, so a status asked of this manager
-    /// right after shows the command's effect.
+    /// From kumoctl: after it ran, the partner's state is fetched, so a status asked of this
+    /// manager right after shows the command's effect. If the partner does not answer, kumoctl gets
+    /// an error: running it here could make two managers decide at once (this manager takes over
+    /// only when servers lose the partner too, see `cluster::pair`).
     Operator,
     /// A server's report: dropped if the partner does not answer (the server repeats it until the
     /// snapshot shows it), so two managers never both decide on the same rebalance step.

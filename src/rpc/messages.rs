@@ -285,6 +285,20 @@ pub struct BackupReport {
     pub servers: Vec<(SocketAddr, BackupState)>,
 }
 
+/// What a server tells a manager, in every keepalive, about one manager it sends keepalives to.
+/// msgpack array of three: `[addr, silent_ms, write_version]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerContact {
+    /// The manager as the server names it (`-m`, `-p`): its listen address.
+    pub addr: SocketAddr,
+    /// Milliseconds since that manager last answered a keepalive of this server, or, if it never
+    /// did, since the server started asking it.
+    pub silent_ms: u64,
+    /// The write table version of the routing that manager offered in its last answer (the one the
+    /// server held if it answered `UpToDate`); `None` before its first answer.
+    pub write_version: Option<u64>,
+}
+
 /// How far a server is in the current rebalance phase (sent with its keepalives).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseProgress {
@@ -322,9 +336,9 @@ impl RoutingSnapshot {
 
     /// Whether a server or gateway holding `held` adopts `self`: a newer write table wins, and
     /// under the same write table the newer epoch. The epoch alone is not enough when the two
-    /// managers of a pair are cut off from each other: both drive, and the side whose state changed
-    /// last (its GC horizon moved, say) has the newest epoch while the other side attached or
-    /// detached servers. Following the epoch, servers and gateways would switch between the two
+    /// managers of a pair both drive (they are cut off from each other and servers lost the first
+    /// one, see `cluster::pair`): the side whose state changed last (its GC horizon moved, say) has
+    /// the newest epoch while the other side attached or detached servers. Following the epoch, servers and gateways would switch between the two
     /// sides' tables on every change, writing under one and reading under the other, and a
     /// rebalance on either side could never finish. Ordered by write table first they follow the
     /// newest membership decision, which is also the routing the pair keeps when it joins its
@@ -360,6 +374,12 @@ pub enum ManagerRequest {
         routing_version: u64,
         /// Progress of the rebalance phase this server is running, if any.
         progress: Option<PhaseProgress>,
+        /// How recently every manager this server sends keepalives to answered it, so that the
+        /// follower of a pair cut off from its partner can tell whether servers still hear it
+        /// (see `cluster::pair`). Added after the first release: a keepalive without it decodes
+        /// with an empty list (a manager then has no news about its partner from that server).
+        #[serde(default)]
+        managers: Vec<ManagerContact>,
     },
     /// A gateway (or tool) asks for the routing snapshot unless it holds epoch `known_version`
     /// (the asker decides whether to adopt it: [`RoutingSnapshot::supersedes`]).
@@ -445,6 +465,42 @@ mod tests {
             read: table,
             ..RoutingSnapshot::empty()
         }
+    }
+
+    /// A keepalive from a server that predates `managers` still decodes (with no news in it).
+    #[test]
+    fn a_keepalive_without_manager_contacts_decodes() {
+        #[derive(Serialize)]
+        enum Older {
+            KeepAlive {
+                addr: SocketAddr,
+                stream_port: u16,
+                shards: u16,
+                routing_version: u64,
+                progress: Option<PhaseProgress>,
+            },
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], 19800));
+        let older = Older::KeepAlive {
+            addr,
+            stream_port: 19900,
+            shards: 2,
+            routing_version: 7,
+            progress: None,
+        };
+        let bytes = rmp_serde::to_vec(&older).unwrap();
+        let decoded: ManagerRequest = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            decoded,
+            ManagerRequest::KeepAlive {
+                addr,
+                stream_port: 19900,
+                shards: 2,
+                routing_version: 7,
+                progress: None,
+                managers: Vec::new(),
+            }
+        );
     }
 
     #[test]

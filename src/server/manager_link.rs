@@ -2,8 +2,11 @@
 //! phases and backups.
 //!
 //! Every [`KEEPALIVE_INTERVAL`], shard 0 sends `KeepAlive { addr, stream_port, shards,
-//! routing_version, progress }` to every manager (`-m` and `-p`), where `routing_version` is the
-//! epoch of the snapshot it holds and `progress` the rebalance phase it is running, if any. A
+//! routing_version, progress, managers }` to every manager (`-m` and `-p`), where `routing_version`
+//! is the epoch of the snapshot it holds, `progress` the rebalance phase it is running, if any, and
+//! `managers` how long ago each manager last answered and the write table it offered then: the
+//! follower of a manager pair cut off from its partner takes over only when servers lost the
+//! partner too (see [`crate::cluster::pair`]). A
 //! manager with another epoch answers `Routing(snapshot)`; if that snapshot supersedes the one
 //! held (a newer write table, or the same one under a newer epoch: the two sides of a split
 //! manager pair may offer different ones), shard 0 adopts it and sends it to every other shard
@@ -43,6 +46,7 @@
 //! [`super::backup`]); the result is sent as `BackupDone` to every manager until one accepts it.
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +58,9 @@ use super::maintenance::{on_every_shard, ClusterCall, ReplStatPhase};
 use super::rebalance::PhaseCounters;
 use super::shard::{is_copy, Shard, ShardMsg};
 use crate::ring::NodeState;
-use crate::rpc::messages::{BackupState, ManagerRequest, ManagerResponse, RoutingSnapshot};
+use crate::rpc::messages::{
+    BackupState, ManagerContact, ManagerRequest, ManagerResponse, RoutingSnapshot,
+};
 use crate::rpc::{ClientConfig, RpcClient};
 use crate::runtime;
 
@@ -85,6 +91,37 @@ struct Link {
     last_backup: Cell<u64>,
     backup_running: Cell<bool>,
     backup_report: RefCell<Option<(u64, BackupState, Instant)>>,
+    /// Per manager: when it last answered a keepalive (or when we started asking), and the write
+    /// table version it offered then (`None` before its first answer).
+    contacts: RefCell<Vec<(SocketAddr, Instant, Option<u64>)>>,
+}
+
+impl Link {
+    /// What the keepalives say about every manager.
+    fn contacts(&self) -> Vec<ManagerContact> {
+        self.contacts
+            .borrow()
+            .iter()
+            .map(|(addr, at, write_version)| ManagerContact {
+                addr: *addr,
+                silent_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                write_version: *write_version,
+            })
+            .collect()
+    }
+
+    /// `manager` answered a keepalive, offering a routing with write table `write_version`.
+    fn answered(&self, manager: SocketAddr, write_version: Option<u64>) {
+        if let Some(entry) = self
+            .contacts
+            .borrow_mut()
+            .iter_mut()
+            .find(|(addr, _, _)| *addr == manager)
+        {
+            entry.1 = Instant::now();
+            entry.2 = write_version.or(entry.2);
+        }
+    }
 }
 
 /// Runs until shutdown. Call on shard 0 only.
@@ -103,6 +140,12 @@ pub(crate) async fn run(shard: Rc<Shard>) {
         })
         .collect();
     let link = Rc::new(Link::default());
+    *link.contacts.borrow_mut() = shard
+        .config
+        .managers
+        .iter()
+        .map(|&addr| (addr, Instant::now(), None))
+        .collect();
     link.horizon
         .set(super::store::load_horizon(&shard.config.store));
     link.last_backup
@@ -154,16 +197,19 @@ async fn keepalive_loop(
     let mut reachable = true;
     while !stop.is_fired() {
         let progress = shard.cluster.progress.borrow().as_ref().map(|p| p.report());
+        let held = shard.routing();
         let keepalive = ManagerRequest::KeepAlive {
             addr: shard.me(),
             stream_port: shard.config.stream_port,
             shards: u16::try_from(shard.count).unwrap_or(u16::MAX),
-            routing_version: shard.routing().epoch,
+            routing_version: held.epoch,
             progress,
+            managers: link.contacts(),
         };
         match client.call(&keepalive).await {
             Ok(ManagerResponse::Routing(snapshot)) => {
                 reachable = true;
+                link.answered(client.addr(), Some(snapshot.write.version()));
                 // Adopting may take a while (the rejoin drop walks the store): it runs on its own
                 // so that keepalives go on meanwhile (the manager would judge us down otherwise).
                 if snapshot.supersedes(&shard.routing()) && !link.adopting.replace(true) {
@@ -178,9 +224,14 @@ async fn keepalive_loop(
                 }
             }
             Ok(ManagerResponse::Error(e)) => {
+                link.answered(client.addr(), None);
                 crate::warn!("manager {}: {e}", client.addr());
             }
-            Ok(_) => reachable = true,
+            Ok(_) => {
+                // `UpToDate`: it serves the snapshot we held when asking.
+                link.answered(client.addr(), Some(held.write.version()));
+                reachable = true;
+            }
             Err(e) => {
                 if reachable {
                     crate::warn!("manager {} unreachable: {e}", client.addr());

@@ -3,6 +3,7 @@
 //! (operator commands, crashes, partitions, loss, manager restarts, new servers).
 
 use kumofs::cluster::membership::{Command, Phase};
+use kumofs::rpc::messages::ManagerContact;
 
 use super::world::{Msg, Node, Sim, KEEPALIVE};
 
@@ -56,11 +57,27 @@ impl Sim {
         if self.now >= self.srvs[s].next_keepalive {
             self.srvs[s].next_keepalive = self.now + KEEPALIVE;
             let epoch = self.srvs[s].epoch;
+            let managers: Vec<ManagerContact> = (0..2)
+                .map(|m| {
+                    let (at, write_version) = self.srvs[s].contacts[m];
+                    ManagerContact {
+                        addr: self.mgrs[m].addr,
+                        silent_ms: self.now - at,
+                        write_version,
+                    }
+                })
+                .collect();
             for to in 0..2 {
+                let managers = managers.clone();
                 self.send(
                     Node::S(s),
                     Node::M(to),
-                    Msg::KeepAlive { from: s, to, epoch },
+                    Msg::KeepAlive {
+                        from: s,
+                        to,
+                        epoch,
+                        managers,
+                    },
                 );
                 if let Some(r) = &self.srvs[s].rebalance {
                     let key = (r.target, r.phase == Phase::Copying);
@@ -122,6 +139,7 @@ impl Sim {
                 } else {
                     srv.up = true;
                     srv.down_since = None;
+                    srv.contacts = [(self.now, None); 2];
                 }
                 self.trace
                     .push(format!("t={} server s{s} up={}", self.now, self.srvs[s].up));

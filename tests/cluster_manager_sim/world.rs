@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use kumofs::cluster::membership::{
     Command, KeepAlive, Membership, MembershipConfig, Now, Outcome, Phase, Rebalance,
 };
-use kumofs::cluster::pair::PartnerView;
+use kumofs::cluster::pair::{PartnerView, Role};
 use kumofs::cluster::state::{ClusterState, ServerInfo};
-use kumofs::rpc::messages::{BackupOrder, BackupState};
+use kumofs::rpc::messages::{BackupOrder, BackupState, ManagerContact};
 
 pub const T0: u64 = 1_764_000_000_000;
 pub const STEP: u64 = 50;
@@ -50,8 +50,13 @@ pub enum Msg {
         from: usize,
         to: usize,
         epoch: u64,
+        /// What the server says about both managers (see `cluster::pair`).
+        managers: Vec<ManagerContact>,
     },
+    /// A manager's answer to a keepalive (a real one answers `UpToDate` when the server holds its
+    /// epoch; the fake server then adopts nothing, and only notes the answer).
     Snapshot {
+        from: usize,
         to: usize,
         /// Active servers of the read table: who sends what in a copy depends on them.
         read_active: Vec<SocketAddr>,
@@ -77,15 +82,13 @@ pub enum Msg {
         to: usize,
         state: Box<ClusterState>,
         view: PartnerView,
-        answer: bool,
+        /// When the sender sent it (its process start and monotonic time), for the answer.
+        sent: (u64, u64),
+        /// For an answer: the `sent` of the sync it answers.
+        answers: Option<(u64, u64)>,
     },
     Forward {
         to: usize,
-        command: Command,
-    },
-    /// A forward that got no answer: the follower runs the command itself (as the service does).
-    LocalApply {
-        at: usize,
         command: Command,
     },
 }
@@ -117,6 +120,9 @@ pub struct Srv {
     pub backup_work: Option<(u64, u64)>,
     pub next_keepalive: u64,
     pub down_since: Option<u64>,
+    /// Per manager: when it last answered (or when the server started asking) and the write table
+    /// version it offered then.
+    pub contacts: [(u64, Option<u64>); 2],
 }
 
 /// What the schedules exercised, so a run that checks nothing is noticed.
@@ -125,8 +131,13 @@ pub struct Stats {
     pub switches: u64,
     pub restarts: u64,
     pub horizon_steps: u64,
+    /// Steps where both managers drove (allowed only when the network lost messages lately).
     pub leaders_at_once: u64,
     pub manager_restarts: u64,
+    /// Steps where the follower could not reach the leader and did not drive.
+    pub deferred: u64,
+    /// Steps where the follower drove while the leader was down.
+    pub takeovers: u64,
 }
 
 pub struct Sim {
@@ -139,6 +150,9 @@ pub struct Sim {
     pub seq: u64,
     pub cuts: Vec<(Node, Node, u64)>,
     pub drop_per_mille: u64,
+    /// The last time the network dropped messages at random: both managers may drive for a while
+    /// after it (servers' news of the leader can be lost), never otherwise.
+    pub lossy_at: Option<u64>,
     /// Finished copies: (server, target) -> the read table's active servers the copy assumed.
     pub copies: BTreeMap<(SocketAddr, u64), Vec<SocketAddr>>,
     pub trace: Vec<String>,
@@ -200,6 +214,7 @@ impl Sim {
             seq: 0,
             cuts: Vec::new(),
             drop_per_mille: 0,
+            lossy_at: None,
             copies: BTreeMap::new(),
             trace: Vec::new(),
             seed,
@@ -226,6 +241,7 @@ impl Sim {
             backup_work: None,
             next_keepalive: self.now,
             down_since: None,
+            contacts: [(self.now, None); 2],
         });
     }
 
@@ -255,7 +271,10 @@ impl Sim {
     }
 
     pub fn fail(&self, what: String) -> ! {
-        let tail: Vec<&String> = self.trace.iter().rev().take(40).collect();
+        if let Ok(path) = std::env::var("KUMO_SIM_TRACE") {
+            let _ = std::fs::write(path, self.trace.join("\n"));
+        }
+        let tail: Vec<&String> = self.trace.iter().rev().take(80).collect();
         panic!(
             "seed {}: t={} ms: {what}\nlast events (newest first):\n{tail:#?}",
             self.seed, self.now
@@ -374,17 +393,10 @@ impl Sim {
 
     pub fn step(&mut self) {
         self.now += STEP;
-        let leaders = (0..2)
-            .filter(|&i| {
-                self.mgrs[i]
-                    .m
-                    .as_ref()
-                    .is_some_and(|m| m.role(self.mgr_now(i)) == kumofs::cluster::pair::Role::Leader)
-            })
-            .count();
-        if leaders == 2 {
-            self.stats.leaders_at_once += 1;
+        if self.drop_per_mille > 0 {
+            self.lossy_at = Some(self.now);
         }
+        self.check_roles();
         // Deliver what is due.
         let due: Vec<(u64, u64)> = self
             .queue
@@ -409,13 +421,61 @@ impl Sim {
                 self.decide(i, "tick", |m, now| m.tick(now));
             }
             if (self.now - self.mgrs[i].born).is_multiple_of(SYNC) {
-                self.sync(i, 1 - i, false);
+                self.sync(i, 1 - i, None);
             }
         }
         self.check_monotonic();
     }
 
-    pub fn sync(&mut self, from: usize, to: usize, answer: bool) {
+    /// Both managers drive at once only shortly after the network lost messages at random (then
+    /// servers' news of the leader may not have reached the follower); counts what the schedules
+    /// exercised of the pair's roles.
+    fn check_roles(&mut self) {
+        let role = |i: usize| {
+            self.mgrs[i].m.as_ref().map(|m| {
+                (
+                    m.role(self.mgr_now(i)),
+                    m.partner_reachable(self.mgr_now(i)),
+                )
+            })
+        };
+        let (first, second) = (role(0), role(1));
+        let lead = |r: Option<(Role, bool)>| r.is_some_and(|(role, _)| role == Role::Leader);
+        if lead(first) && lead(second) {
+            self.stats.leaders_at_once += 1;
+            let quiet = FAULT_AFTER + 2 * KEEPALIVE + 4 * MAX_DELAY;
+            if self.lossy_at.is_none_or(|t| self.now - t > quiet) {
+                let news: Vec<_> = (0..2)
+                    .map(|i| {
+                        let m = self.mgrs[i].m.as_ref().unwrap();
+                        let now = self.mgr_now(i);
+                        (m.servers_hear_partner(now), m.state().routing.write.version)
+                    })
+                    .collect();
+                let cuts: Vec<_> = self.cuts.iter().filter(|c| c.2 > self.now).collect();
+                self.fail(format!(
+                    "both managers drive on a network that lost nothing lately: {first:?} \
+                     {second:?}, servers' news and write versions {news:?}, cuts {cuts:?}, \
+                     servers (up, contacts) {:?}",
+                    self.srvs
+                        .iter()
+                        .map(|s| (s.up, s.contacts))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        if first.is_some()
+            && second.is_some_and(|(role, reachable)| role == Role::Follower && !reachable)
+        {
+            self.stats.deferred += 1;
+        }
+        if first.is_none() && lead(second) {
+            self.stats.takeovers += 1;
+        }
+    }
+
+    /// A sync from manager `from` to `to`, or an answer to the one sent at `answers`.
+    pub fn sync(&mut self, from: usize, to: usize, answers: Option<(u64, u64)>) {
         let now = self.mgr_now(from);
         let Some(m) = &self.mgrs[from].m else { return };
         let msg = Msg::Sync {
@@ -423,14 +483,20 @@ impl Sim {
             to,
             state: Box::new(m.state().clone()),
             view: m.partner_view(now),
-            answer,
+            sent: (self.mgrs[from].born, now.mono_ms),
+            answers,
         };
         self.send(Node::M(from), Node::M(to), msg);
     }
 
     pub fn deliver(&mut self, msg: Msg) {
         match msg {
-            Msg::KeepAlive { from, to, epoch } => {
+            Msg::KeepAlive {
+                from,
+                to,
+                epoch,
+                managers,
+            } => {
                 let srv = &self.srvs[from];
                 let ka = KeepAlive {
                     addr: srv.addr,
@@ -440,23 +506,24 @@ impl Sim {
                     },
                     routing_version: epoch,
                     progress: None,
+                    managers,
                 };
                 self.decide(to, "keepalive", |m, now| m.keepalive(ka, now));
                 let Some(m) = &self.mgrs[to].m else { return };
                 let state = m.state();
-                if state.epoch > epoch {
-                    let msg = Msg::Snapshot {
-                        to: from,
-                        write: state.routing.write.version,
-                        epoch: state.epoch,
-                        rebalance: state.routing.rebalance.clone(),
-                        read_active: state.routing.read.active().collect(),
-                        backup: state.backup_order(),
-                    };
-                    self.send(Node::M(to), Node::S(from), msg);
-                }
+                let msg = Msg::Snapshot {
+                    from: to,
+                    to: from,
+                    write: state.routing.write.version,
+                    epoch: state.epoch,
+                    rebalance: state.routing.rebalance.clone(),
+                    read_active: state.routing.read.active().collect(),
+                    backup: state.backup_order(),
+                };
+                self.send(Node::M(to), Node::S(from), msg);
             }
             Msg::Snapshot {
+                from,
                 to,
                 write,
                 epoch,
@@ -464,7 +531,11 @@ impl Sim {
                 read_active,
                 backup,
             } => {
+                let now = self.now;
                 let srv = &mut self.srvs[to];
+                if srv.up {
+                    srv.contacts[from] = (now, Some(write));
+                }
                 if srv.up && (write, epoch) > (srv.write, srv.epoch) {
                     srv.write = write;
                     srv.epoch = epoch;
@@ -505,17 +576,30 @@ impl Sim {
                 to,
                 state,
                 view,
-                answer,
+                sent,
+                answers,
             } => {
                 let from_addr = self.mgrs[from].addr;
-                let result = self.decide(to, "sync", |m, now| {
-                    m.partner_sync(from_addr, *state, &view, now)
-                });
+                let result = match answers {
+                    // The answer to a question of a previous life of `to`: its connection died
+                    // with it, the answer never arrives.
+                    Some((born, _)) if born != self.mgrs[to].born => return,
+                    Some((_, asked)) => self.decide(to, "sync", |m, now| {
+                        let asked = Now {
+                            mono_ms: asked,
+                            ..now
+                        };
+                        m.partner_answer(from_addr, *state, &view, asked, now)
+                    }),
+                    None => self.decide(to, "sync", |m, now| {
+                        m.partner_sync(from_addr, *state, &view, now)
+                    }),
+                };
                 if let Some(Err(e)) = result {
                     self.fail(format!("m{to} refused a sync from m{from}: {e}"));
                 }
-                if !answer {
-                    self.sync(to, from, true);
+                if answers.is_none() {
+                    self.sync(to, from, Some(sent));
                 }
             }
             Msg::Forward { to, command, .. } => {
@@ -523,32 +607,24 @@ impl Sim {
                     let _ = m.command(command, now, true);
                 });
             }
-            Msg::LocalApply { at, command } => {
-                self.decide(at, "local apply", |m, now| {
-                    let _ = m.command(command, now, true);
-                });
-            }
         }
     }
 
-    /// An operator command at manager `i`, forwarded like the service does.
+    /// An operator command at manager `i`, forwarded like the service does (a forward that gets
+    /// no answer is an error for the operator: nothing runs).
     pub fn run_command_checked(&mut self, i: usize, command: Command) {
+        self.command(i, command);
+    }
+
+    /// Like [`Sim::run_command_checked`], returning what manager `i` answered first.
+    pub fn command(&mut self, i: usize, command: Command) -> Option<Outcome> {
         let c = command.clone();
         let outcome = self.decide(i, "command", |m, now| m.command(c, now, false));
         if outcome == Some(Outcome::Forward) {
-            let msg = Msg::Forward {
-                to: 1 - i,
-                command: command.clone(),
-            };
-            if !self.send(Node::M(i), Node::M(1 - i), msg) {
-                // No answer from the partner: the service runs it here after the call times out.
-                self.seq += 1;
-                self.queue.insert(
-                    (self.now + 1000, self.seq),
-                    Msg::LocalApply { at: i, command },
-                );
-            }
+            let msg = Msg::Forward { to: 1 - i, command };
+            self.send(Node::M(i), Node::M(1 - i), msg);
         }
+        outcome
     }
 
     pub fn restart_manager(&mut self, i: usize) {
@@ -572,7 +648,11 @@ impl Sim {
                 self.restart_manager(i);
             }
         }
+        let now = self.now;
         for s in &mut self.srvs {
+            if !s.up {
+                s.contacts = [(now, None); 2];
+            }
             s.up = true;
             s.down_since = None;
         }
@@ -585,12 +665,19 @@ impl Sim {
         }
     }
 
+    /// The role of manager `i`, which is up.
+    pub fn role(&self, i: usize) -> Role {
+        self.mgrs[i].m.as_ref().expect("up").role(self.mgr_now(i))
+    }
+
+    /// The state of manager `i`, which is up.
+    pub fn state(&self, i: usize) -> &ClusterState {
+        self.mgrs[i].m.as_ref().expect("up").state()
+    }
+
     pub fn leader(&self) -> usize {
         (0..2)
-            .find(|&i| {
-                self.mgrs[i].m.as_ref().unwrap().role(self.mgr_now(i))
-                    == kumofs::cluster::pair::Role::Leader
-            })
+            .find(|&i| self.mgrs[i].m.as_ref().unwrap().role(self.mgr_now(i)) == Role::Leader)
             .unwrap_or_else(|| self.fail("no leader".into()))
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use kumofs::cluster::membership::{Phase, StatusReport};
 use kumofs::rpc::blocking::{self, BlockingClient};
 use kumofs::rpc::messages::{
-    BackupState, ManagerRequest, ManagerResponse, PhaseProgress, RoutingSnapshot,
+    BackupState, ManagerContact, ManagerRequest, ManagerResponse, PhaseProgress, RoutingSnapshot,
 };
 
 use crate::support::{bin, free_port, wait_for_port, Daemon};
@@ -160,6 +160,11 @@ fn run(
 ) {
     let mut backups_done = Vec::new();
     let mut links = Links(managers.iter().map(|m| (*m, None)).collect());
+    // Per manager, as a real server tells them: its last answer and the write table it offered.
+    let mut contacts: Vec<(SocketAddr, std::time::Instant, Option<u64>)> = managers
+        .iter()
+        .map(|m| (*m, std::time::Instant::now(), None))
+        .collect();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         let b = behaviour.lock().unwrap().clone();
@@ -179,19 +184,37 @@ fn run(
             }
             _ => None,
         };
-        for manager in &managers {
+        for (i, manager) in managers.iter().enumerate() {
+            let held = snapshot.lock().unwrap().clone();
             let keepalive = ManagerRequest::KeepAlive {
                 addr,
                 stream_port: 1,
                 shards: 1,
-                routing_version: snapshot.lock().unwrap().epoch,
+                routing_version: held.epoch,
                 progress: progress.clone(),
+                managers: contacts
+                    .iter()
+                    .map(|(addr, at, write_version)| ManagerContact {
+                        addr: *addr,
+                        silent_ms: at.elapsed().as_millis() as u64,
+                        write_version: *write_version,
+                    })
+                    .collect(),
             };
-            if let Some(ManagerResponse::Routing(newer)) = links.call(*manager, &keepalive) {
-                let mut held = snapshot.lock().unwrap();
-                if newer.epoch > held.epoch {
-                    *held = newer;
+            let offered = match links.call(*manager, &keepalive) {
+                Some(ManagerResponse::Routing(newer)) => {
+                    let offered = newer.write.version();
+                    let mut held = snapshot.lock().unwrap();
+                    if newer.epoch > held.epoch {
+                        *held = newer;
+                    }
+                    Some(offered)
                 }
+                Some(_) => Some(held.write.version()),
+                None => None,
+            };
+            if offered.is_some() {
+                contacts[i] = (*manager, std::time::Instant::now(), offered);
             }
         }
         let current = snapshot.lock().unwrap().clone();

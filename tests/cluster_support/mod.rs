@@ -293,6 +293,7 @@ fn answer(state: &Mutex<FakeState>, request: ManagerRequest) -> ManagerResponse 
             shards,
             routing_version,
             progress,
+            ..
         } => {
             let seen = state.servers.entry(addr).or_default();
             seen.keepalives += 1;
