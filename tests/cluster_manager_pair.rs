@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_manager_support::{local, manager_addr, start_manager, status};
+use cluster_manager_support::{local, logs_in, manager_addr, start_manager, status};
 use kumofs::cluster::membership::StatusReport;
 use kumofs::cluster::pair::Role;
 use support::{bin, free_port, run_tool, wait_for_port, wait_until, Daemon};
@@ -379,19 +379,7 @@ impl PairCluster {
 
     /// Every log of the cluster's processes so far.
     fn logs(&self) -> String {
-        let mut paths: Vec<_> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        paths.sort();
-        let mut out = String::new();
-        for path in paths
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            out.push_str(&format!("--- {}\n{text}", path.display()));
-        }
-        out
+        logs_in(self.dir.path())
     }
 
     fn restart(&mut self, i: usize, cycle: usize) {

@@ -26,7 +26,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cluster_manager_support::{local, manager_addr, start_manager, status};
+use cluster_manager_support::{local, logs_in, manager_addr, start_manager, status};
 use cluster_support::{check_copies, read_all, wait_adopted, wait_or, ServerProc, Writer};
 use fault_proxy::{FaultProxy, Mode};
 use kumofs::cluster::membership::StatusReport;
@@ -228,19 +228,7 @@ impl SplitPair {
     }
 
     fn logs(&self) -> String {
-        let mut paths: Vec<_> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        paths.sort();
-        let mut out = String::new();
-        for path in paths
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            out.push_str(&format!("--- {}\n{text}", path.display()));
-        }
-        out
+        logs_in(self.dir.path())
     }
 }
 

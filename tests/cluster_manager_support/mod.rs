@@ -19,6 +19,23 @@ use kumofs::rpc::messages::{
 
 use crate::support::{bin, free_port, wait_for_port, Daemon};
 
+/// Every `*.log` file in `dir`, in name order, each under a `--- PATH` line.
+pub fn logs_in(dir: &Path) -> String {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    paths.sort();
+    let mut out = String::new();
+    for path in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out.push_str(&format!("--- {}\n{text}", path.display()));
+    }
+    out
+}
+
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
