@@ -106,7 +106,7 @@ impl<'a> Route<'a> {
         Route {
             shard,
             sink,
-            split: is_split(&snapshot),
+            split: snapshot.tables_differ(),
             snapshot,
             deadline: Instant::now() + shard.config.call_timeout,
             now_unix: None,
@@ -372,13 +372,7 @@ pub(crate) enum ReadFrom {
     },
 }
 
-/// Whether reads and writes follow different tables (a rebalance runs, or an attach without one).
-pub(crate) fn is_split(snapshot: &RoutingSnapshot) -> bool {
-    snapshot.read.version() != snapshot.write.version()
-        || snapshot.read.nodes() != snapshot.write.nodes()
-}
-
-/// Where a get of `hash` goes (`split`: [`is_split`] of `snapshot`). Reads follow the read table,
+/// Where a get of `hash` goes (`split`: [`RoutingSnapshot::tables_differ`]). Reads follow the read table,
 /// which holds every key until a rebalance's copy is done, with two exceptions while the tables
 /// differ: a key the read table has no live owner for (right after the first attach the read
 /// table is empty) is read where it is written, and a key whose write coordinator is another
@@ -471,7 +465,7 @@ mod tests {
         let four = RoutingTable::new(2, (0..4).map(active).collect()).unwrap();
         // Settled: the read table's first owner.
         let settled = snapshot(four.clone(), four.clone());
-        assert!(!is_split(&settled));
+        assert!(!settled.tables_differ());
         for i in 0..200u64 {
             let hash = key_hash(&i.to_le_bytes());
             let owner = four.coordinator(hash).unwrap();
@@ -482,7 +476,7 @@ mod tests {
         }
         // Right after the first attach the read table is empty: read where writes go.
         let first = snapshot(one.clone(), RoutingTable::empty());
-        assert!(is_split(&first));
+        assert!(first.tables_differ());
         assert_eq!(read_from(&first, true, 5), Some(ReadFrom::Owner(addr(0))));
         // Every owner of the read table is down: the same.
         let down = RoutingTable::new(1, vec![(addr(0), NodeState::Fault)]).unwrap();
@@ -493,7 +487,7 @@ mod tests {
         );
         // Growing from one server to four: keys that move ask their new coordinator first.
         let growing = snapshot(four.clone(), one);
-        assert!(is_split(&growing));
+        assert!(growing.tables_differ());
         let (mut moving, mut staying) = (0, 0);
         for i in 0..200u64 {
             let hash = key_hash(&i.to_le_bytes());

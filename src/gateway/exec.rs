@@ -20,7 +20,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::batch::ttl;
-use super::dispatch::{is_split, read_from, ReadFrom};
+use super::dispatch::{read_from, ReadFrom};
 use super::expiry::{absolute_exptime, delay_seconds, now_unix};
 use super::stats::{self, Counters, VERSION};
 use super::Shard;
@@ -382,7 +382,7 @@ async fn read(shard: &Shard, key: Vec<u8>) -> Result<Option<Item>, Failure> {
         if snapshot.read.nodes().is_empty() && snapshot.write.nodes().is_empty() {
             return Err(NO_SERVERS);
         }
-        let newest = match read_from(&snapshot, is_split(&snapshot), hash) {
+        let newest = match read_from(&snapshot, snapshot.tables_differ(), hash) {
             Some(ReadFrom::Newest { coordinator, .. }) => Some(coordinator),
             _ => None,
         };

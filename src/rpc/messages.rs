@@ -326,12 +326,11 @@ impl RoutingSnapshot {
         }
     }
 
-    /// Makes a read table equal to the write table share its ring, so that comparing the two (every
-    /// replicated write asks whether they differ) is a pointer comparison, not a walk of both rings.
-    pub fn share_equal_tables(&mut self) {
-        if self.read == self.write {
-            self.read = self.write.clone();
-        }
+    /// Whether reads and writes follow different tables (a rebalance runs, or an attach without
+    /// one). Compares versions and node lists, never the rings built from them: every replicated
+    /// write and every gateway batch asks.
+    pub fn tables_differ(&self) -> bool {
+        self.read.version() != self.write.version() || self.read.nodes() != self.write.nodes()
     }
 
     /// Whether a server or gateway holding `held` adopts `self`: a newer write table wins, and

@@ -89,11 +89,7 @@ pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder:
         },
     };
     let shard = shard.clone();
-    responder.spawn(
-        id,
-        async move { Ok::<_, String>(handle(&shard, request).await) },
-        |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
-    );
+    answer_later(responder, id, async move { handle(&shard, request).await });
 }
 
 /// Answers a started request: at once when it is done, else from a task.
@@ -102,9 +98,18 @@ fn respond(shard: &Rc<Shard>, responder: &Rc<Responder>, id: u64, step: Step) {
         return respond_now(responder, id, response);
     }
     let shard = shard.clone();
+    answer_later(responder, id, async move { complete(&shard, step).await });
+}
+
+/// Answers request `id` from a task of its own, with what `response` resolves to.
+fn answer_later(
+    responder: &Rc<Responder>,
+    id: u64,
+    response: impl std::future::Future<Output = DataResponse> + 'static,
+) {
     responder.spawn(
         id,
-        async move { Ok::<_, String>(complete(&shard, step).await) },
+        async move { Ok::<_, String>(response.await) },
         |out, response| data_codec::put_response(out, response).map_err(|e| e.to_string()),
     );
 }

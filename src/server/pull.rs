@@ -96,9 +96,7 @@ pub fn sources(
         return Vec::new();
     }
     // Settled tables: the coordinator is the read table's first live owner and holds the key.
-    if routing.read.version() == routing.write.version()
-        && routing.read.nodes() == routing.write.nodes()
-    {
+    if !routing.tables_differ() {
         return Vec::new();
     }
     if is_live_owner(&routing.read, hash, me) {

@@ -82,7 +82,7 @@ pub fn replica_targets(
     me: SocketAddr,
 ) -> Vec<SocketAddr> {
     let mut targets = Vec::new();
-    let rebalancing = routing.rebalance.is_some() || routing.read != routing.write;
+    let rebalancing = routing.rebalance.is_some() || routing.tables_differ();
     let read = rebalancing.then(|| routing.read.assign(hash));
     let extra: &[SocketAddr] = read.as_ref().map_or(&[], |read| read.as_slice());
     for addr in write_owners.iter().chain(extra) {

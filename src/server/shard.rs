@@ -195,8 +195,6 @@ impl Shard {
         if !snapshot.supersedes(&current) {
             return false;
         }
-        let mut snapshot = snapshot;
-        snapshot.share_equal_tables();
         *current = Rc::new(snapshot);
         true
     }
