@@ -84,3 +84,18 @@ fn stats_have_the_same_shape() {
         assert_eq!(mine, theirs, "{group}");
     }
 }
+
+/// CI once saw "connection refused" mid-test: two tests' memcacheds had picked the same free port,
+/// the second exited on bind, and its readiness poll was answered by the first, which the other
+/// test then killed. A memcached that is not the one answering on its port must not count as started.
+#[test]
+fn a_memcached_that_lost_its_port_is_not_taken_for_started() {
+    let Some(first) = Memcached::start(&[]) else {
+        return;
+    };
+    let program = std::path::Path::new("/usr/bin/memcached");
+    assert!(
+        Memcached::start_on(program, first.addr.port(), &[]).is_none(),
+        "the first memcached's answers were taken for the second's"
+    );
+}

@@ -4,6 +4,7 @@
 //! A missing program fails the test with the command that installs it; only `KUMO_SKIP_EXTERNAL=1`
 //! turns that into a printed skip, so a CI machine without them cannot pass silently.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,43 +49,51 @@ impl Memcached {
                 .and_then(|l| l.local_addr())
                 .expect("free port")
                 .port();
-            let mut args: Vec<String> = ["-p", &port.to_string(), "-U", "0", "-l", "127.0.0.1"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            args.extend(["-t".into(), "1".into()]);
-            // memcached refuses to run as root unless told which user to stay.
-            if unsafe { libc::geteuid() } == 0 {
-                args.extend(["-u".into(), "root".into()]);
-            }
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let child = Command::new(&program)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn memcached");
-            let mut memcached = Memcached {
-                child,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            };
-            if memcached.wait_ready() {
+            if let Some(memcached) = Memcached::start_on(&program, port, extra) {
                 return Some(memcached);
             }
         }
         panic!("memcached did not start on any of 5 free ports");
     }
 
-    /// Polls until memcached accepts a connection; false if it exited first.
+    /// Starts memcached on `port`; `None` if it did not become the one answering there.
+    pub fn start_on(program: &Path, port: u16, extra: &[&str]) -> Option<Memcached> {
+        let mut args: Vec<String> = ["-p", &port.to_string(), "-U", "0", "-l", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-t".into(), "1".into()]);
+        // memcached refuses to run as root unless told which user to stay.
+        if unsafe { libc::geteuid() } == 0 {
+            args.extend(["-u".into(), "root".into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn memcached");
+        let mut memcached = Memcached {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        memcached.wait_ready().then_some(memcached)
+    }
+
+    /// Polls until memcached accepts a connection; false if it exited first or the port answers
+    /// with another memcached.
     fn wait_ready(&mut self) -> bool {
         let start = Instant::now();
         loop {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return true;
+            if let Ok(stream) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
+                // Another test's memcached may hold the port (ours then exits on bind): make sure
+                // the one answering is ours, or that test's drop leaves us a refused connection.
+                return self.answers_with_our_pid(stream);
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
@@ -93,6 +102,26 @@ impl Memcached {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+impl Memcached {
+    /// Whether the memcached behind `stream` reports our child's pid in `stats`.
+    fn answers_with_our_pid(&mut self, mut stream: TcpStream) -> bool {
+        let expected = format!("STAT pid {}\r\n", self.child.id());
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream.write_all(b"stats\r\n").is_err() {
+            return false;
+        }
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !reply.ends_with(b"END\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&reply).contains(&expected)
     }
 }
 

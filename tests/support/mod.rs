@@ -14,10 +14,22 @@ use std::time::{Duration, Instant};
 /// How long a daemon may take to come up or a condition to become true.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never one this test process handed out before.
+///
+/// The port is free when we look but not reserved: tests of one binary run in parallel, and the
+/// kernel may give the same port to two of them in a row; the second daemon would then fail to bind
+/// while its readiness poll is answered by the first.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = listener.local_addr().expect("local addr").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Path of a binary built by this workspace (daemons and admin tools sit side by side).
