@@ -29,7 +29,9 @@ pub(crate) mod sync;
 pub use client::{ClientConfig, RpcClient};
 pub use frame::{Hello, MAX_FRAME_LEN};
 pub use pipe::{Completion, Pipe, PipeConfig};
-pub use server::{read_hello, route_by_hello, serve_connection, serve_frames, Responder, Routed};
+pub use server::{
+    read_hello, route_by_hello, serve_connection, serve_frames, LaterAnswer, Responder, Routed,
+};
 
 /// Why a call failed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -184,6 +184,21 @@ impl Responder {
         let _ = self.outbox.push(FrameKind::Error, id, message);
     }
 
+    /// Takes on request `id` to answer it later, from wherever the answer becomes known (a
+    /// callback rather than a task of its own); the connection stays open until it is answered.
+    pub fn defer(self: &Rc<Self>, id: u64) -> LaterAnswer {
+        self.in_flight.set(self.in_flight.get() + 1);
+        LaterAnswer {
+            responder: Some(self.clone()),
+            id,
+        }
+    }
+
+    fn answered(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.close_if_idle();
+    }
+
     /// Runs `future` in its own task and answers request `id` with its outcome, the payload of an
     /// `Ok` written by `encode` (an encoding failure is answered as an error frame).
     pub fn spawn<T, Fut, E>(self: &Rc<Self>, id: u64, future: Fut, encode: E)
@@ -211,9 +226,34 @@ impl Responder {
                 }
                 Err(message) => state.respond_error(id, &message),
             }
-            state.in_flight.set(state.in_flight.get() - 1);
-            state.close_if_idle();
+            state.answered();
         });
+    }
+}
+
+/// A request [`Responder::defer`]red: answered once, by [`LaterAnswer::respond_with`], or with an
+/// error frame if it is dropped unanswered (whatever was to answer it went away).
+pub struct LaterAnswer {
+    responder: Option<Rc<Responder>>,
+    id: u64,
+}
+
+impl LaterAnswer {
+    /// Sends the response, its payload appended by `write`.
+    pub fn respond_with(mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(responder) = self.responder.take() {
+            responder.respond_with(self.id, write);
+            responder.answered();
+        }
+    }
+}
+
+impl Drop for LaterAnswer {
+    fn drop(&mut self) {
+        if let Some(responder) = self.responder.take() {
+            responder.respond_error(self.id, "internal: the request was dropped unanswered");
+            responder.answered();
+        }
     }
 }
 

@@ -19,8 +19,10 @@
 //!
 //! The requests of one gateway connection take effect in the order they arrive: a get of a key
 //! of this shard is answered inline, and a write of one is checked, stamped and applied inline
-//! too ([`begin_write`]); only its durability wait and replication run in a task
-//! ([`finish_write`]). So a get reads every write sent before it on the connection, and writes to
+//! too ([`begin_write`]); only its replication (and under `--durability every` its fsync wait)
+//! is waited for: by the replication queues, which answer the request when its last replica
+//! acknowledged ([`super::fanout`]), or by a task ([`finish_write`]) when an fsync must come
+//! first. So a get reads every write sent before it on the connection, and writes to
 //! one key apply in the order they were sent, even when their answers leave in another order.
 //! (glommio polls a newly spawned task once at once, which gave the same order when the whole
 //! write ran in a task; doing the synchronous part inline keeps the order without relying on that,
@@ -32,6 +34,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::fanout::Outcome;
 use super::pull::{complete, start, Keyed, PullCheck, Step};
 use super::shard::{Shard, ShardAnswer, ShardCall, ShardCounters};
 use crate::ring::{core_of, key_hash, NodeState, RoutingTable};
@@ -39,8 +42,7 @@ use crate::rpc::data_codec::{self, DataRequestRef};
 use crate::rpc::messages::{
     Arith, DataRequest, DataResponse, ReplicaRecord, RoutingSnapshot, WriteOp,
 };
-use crate::rpc::Responder;
-use crate::runtime;
+use crate::rpc::{LaterAnswer, Responder};
 use crate::storage::{Engine, IncrOutcome, Item, StorageError, WriteOutcome};
 
 /// Answers one request frame of a gateway connection. A get of a key of this shard is answered
@@ -92,13 +94,60 @@ pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder:
     answer_later(responder, id, async move { handle(&shard, request).await });
 }
 
-/// Answers a started request: at once when it is done, else from a task.
+/// Answers a started request: at once when it is done; when the last of its replicas answers
+/// when it is a write applied here under a durability policy that makes nobody wait (no task:
+/// the replication queues answer it, see [`super::fanout`]); else from a task.
 fn respond(shard: &Rc<Shard>, responder: &Rc<Responder>, id: u64, step: Step) {
-    if let Step::Now(Begun::Done(response)) = &step {
-        return respond_now(responder, id, response);
+    match step {
+        Step::Now(Begun::Done(response)) => respond_now(responder, id, &response),
+        Step::Now(Begun::Applied(applied)) if shard.store.durable_without_waiting() => {
+            replicate_and_answer(shard, responder.defer(id), applied)
+        }
+        step => {
+            let shard = shard.clone();
+            answer_later(responder, id, async move { complete(&shard, step).await });
+        }
     }
-    let shard = shard.clone();
-    answer_later(responder, id, async move { complete(&shard, step).await });
+}
+
+/// Replicates a write applied here and already as durable as the policy promises; `later` is
+/// answered when every replica acknowledged (a noreply write's at once).
+fn replicate_and_answer(shard: &Rc<Shard>, later: LaterAnswer, applied: Applied) {
+    let Applied {
+        response,
+        record,
+        routing,
+        targets,
+        noreply,
+    } = applied;
+    if noreply {
+        super::replication::replicate_then(shard, &routing, &targets, record, Outcome::Log);
+        return answer_replicated(later, response, Ok(()));
+    }
+    let outcome = Outcome::Respond(later, response);
+    super::replication::replicate_then(shard, &routing, &targets, record, outcome);
+}
+
+/// Answers a write once its replication is over (see [`replicate_and_answer`]).
+pub(crate) fn answer_replicated(
+    later: LaterAnswer,
+    response: DataResponse,
+    replicated: Result<(), String>,
+) {
+    let response = match replicated {
+        Ok(()) => response,
+        Err(e) => replication_failed(&e),
+    };
+    later.respond_with(|out| {
+        // Infallible for every response but `Stats`, which is never a write's.
+        let _ = data_codec::put_response(out, &response);
+    });
+}
+
+/// The local copy is written and some replicas may have it: the write is indefinite, as in
+/// kumofs. The gateway retries it; a retried set simply writes a newer version.
+fn replication_failed(why: &str) -> DataResponse {
+    DataResponse::Error(format!("stored locally but replication failed: {why}"))
 }
 
 /// Answers request `id` from a task of its own, with what `response` resolves to.
@@ -336,24 +385,13 @@ pub(crate) async fn finish_write(shard: &Rc<Shard>, applied: Applied) -> DataRes
     if let Err(e) = shard.store.durable().await {
         return DataResponse::Error(format!("storage sync failed: {e}"));
     }
-    if targets.is_empty() {
-        return response;
-    }
     if noreply {
-        let shard = shard.clone();
-        runtime::spawn(async move {
-            if let Err(e) = super::replication::replicate(&shard, &routing, &targets, record).await
-            {
-                crate::warn!("replication of a noreply write failed: {e}");
-            }
-        });
+        super::replication::replicate_then(shard, &routing, &targets, record, Outcome::Log);
         return response;
     }
     match super::replication::replicate(shard, &routing, &targets, record).await {
         Ok(()) => response,
-        // The local copy is written and some replicas may have it: the write is indefinite, as in
-        // kumofs. The gateway retries it; a retried set simply writes a newer version.
-        Err(e) => DataResponse::Error(format!("stored locally but replication failed: {e}")),
+        Err(e) => replication_failed(&e),
     }
 }
 

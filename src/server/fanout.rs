@@ -5,12 +5,14 @@
 //! slot, a timer for its timeout, a task and a durability wait on the replica, and an
 //! acknowledgement back. Under load those per-call costs, not the writes, were most of a server's
 //! CPU (a profile of the 3-server set-only benchmark: timers, allocations and task switches above
-//! the engine). So a write hands its record to the queue of each (peer, peer shard) it must reach
-//! and waits for that queue's answer; the queue's flusher sends everything queued as one call,
-//! one at a time per queue, and answers every waiting write with the call's result. The batch
-//! forms by itself: the flusher first yields, so the writes of the same read (a gateway sends a
-//! pipelined batch in one write) queue behind it, and while a call is in flight the next batch
-//! gathers. Nothing waits on a timer, so a lone write is not delayed.
+//! the engine). So a write hands its record to the queue of each (peer, peer shard) it must reach,
+//! with a shared [`WriteAcks`] that counts its replicas' answers; the queue's flusher sends
+//! everything queued as one call, one at a time per queue, and hands the call's result to every
+//! write of the batch. When a write's last replica answered, its [`Outcome`] runs: usually the
+//! gateway's request is answered right there, so a replicated write needs no task of its own. The
+//! batch forms by itself: the flusher first yields, so the writes of the same read (a gateway
+//! sends a pipelined batch in one write) queue behind it, and while a call is in flight the next
+//! batch gathers. Nothing waits on a timer, so a lone write is not delayed.
 //!
 //! A call that fails after its retries fails every write of the batch (each is then indefinite
 //! and retried by the gateway, as a single call's failure was) and puts its records in the
@@ -22,8 +24,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::shard::Shard;
-use crate::rpc::messages::{ReplicaRecord, ReplicationRequest};
-use crate::rpc::sync::{reply_slot, SlotReceiver, SlotSender};
+use crate::rpc::messages::{DataResponse, ReplicaRecord, ReplicationRequest};
+use crate::rpc::sync::SlotSender;
+use crate::rpc::LaterAnswer;
 use crate::runtime;
 
 /// At most this many records in one call...
@@ -32,7 +35,7 @@ const MAX_RECORDS: usize = 1024;
 /// size: a value is at most the 1 MiB memcached limit, far below the frame limit).
 const MAX_BYTES: usize = 4 << 20;
 
-type Answer = Result<(), String>;
+pub(crate) type Answer = Result<(), String>;
 
 /// The write queues of one shard, one per (peer server, peer shard).
 #[derive(Default)]
@@ -43,19 +46,98 @@ pub(crate) struct Fanout {
 #[derive(Default)]
 struct Queue {
     records: RefCell<Vec<ReplicaRecord>>,
-    waiters: RefCell<Vec<SlotSender<Answer>>>,
+    waiters: RefCell<Vec<Rc<WriteAcks>>>,
     /// A flusher task runs for this queue.
     flushing: Cell<bool>,
 }
 
-/// Queues `record` for `peer_shard` on `peer`; the returned wait resolves when the call carrying
-/// it was acknowledged (`Ok`) or failed.
+/// Who learns how one write's replication went, once every replica answered.
+pub(crate) enum Outcome {
+    /// A task awaiting it.
+    Slot(SlotSender<Answer>),
+    /// A gateway's request: answered `response` if every replica acknowledged, an error otherwise.
+    Respond(LaterAnswer, DataResponse),
+    /// A noreply write: nobody waits; a failure is logged.
+    Log,
+}
+
+/// One write's replication in flight: how many of its replicas have yet to answer, the failures
+/// so far, and what happens when the last answers. Shared by the write's entries in the queues.
+pub(crate) struct WriteAcks {
+    remaining: Cell<usize>,
+    failures: RefCell<Vec<String>>,
+    outcome: Cell<Option<Outcome>>,
+}
+
+impl WriteAcks {
+    pub(crate) fn new(replicas: usize, outcome: Outcome) -> Rc<WriteAcks> {
+        let acks = Rc::new(WriteAcks {
+            remaining: Cell::new(replicas),
+            failures: RefCell::new(Vec::new()),
+            outcome: Cell::new(Some(outcome)),
+        });
+        if replicas == 0 {
+            acks.finish();
+        }
+        acks
+    }
+
+    /// One replica's answer.
+    fn answer(&self, answer: &Answer) {
+        if let Err(why) = answer {
+            self.failures.borrow_mut().push(why.clone());
+        }
+        let remaining = self.remaining.get().saturating_sub(1);
+        self.remaining.set(remaining);
+        if remaining == 0 {
+            self.finish();
+        }
+    }
+
+    fn finish(&self) {
+        let failures = std::mem::take(&mut *self.failures.borrow_mut());
+        let answer = if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        };
+        match self.outcome.take() {
+            Some(Outcome::Slot(slot)) => slot.send(answer),
+            Some(Outcome::Respond(later, response)) => {
+                super::data::answer_replicated(later, response, answer)
+            }
+            Some(Outcome::Log) => {
+                if let Err(e) = answer {
+                    crate::warn!("replication of a noreply write failed: {e}");
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for WriteAcks {
+    fn drop(&mut self) {
+        // A queue dropped with the write in it (the shard stops): whoever waits learns it.
+        if self.outcome.get_mut().is_some() {
+            self.failures
+                .get_mut()
+                .push("replication queue dropped the write".into());
+            self.remaining.set(0);
+            self.finish();
+        }
+    }
+}
+
+/// Queues `record` for `peer_shard` on `peer`; `acks` hears when the call carrying it was
+/// acknowledged or failed.
 pub(crate) fn enqueue(
     shard: &Rc<Shard>,
     peer: SocketAddr,
     peer_shard: usize,
     record: ReplicaRecord,
-) -> ReplicationWait {
+    acks: Rc<WriteAcks>,
+) {
     let queue = shard
         .fanout
         .queues
@@ -63,23 +145,10 @@ pub(crate) fn enqueue(
         .entry((peer, peer_shard))
         .or_default()
         .clone();
-    let (tx, rx) = reply_slot();
     queue.records.borrow_mut().push(record);
-    queue.waiters.borrow_mut().push(tx);
+    queue.waiters.borrow_mut().push(acks);
     if !queue.flushing.replace(true) {
         runtime::spawn(flush(shard.clone(), peer, peer_shard, queue));
-    }
-    ReplicationWait(rx)
-}
-
-/// A write's wait for one replica's acknowledgement.
-pub(crate) struct ReplicationWait(SlotReceiver<Answer>);
-
-impl ReplicationWait {
-    pub(crate) async fn answer(self) -> Answer {
-        self.0
-            .await
-            .unwrap_or_else(|| Err("replication queue dropped the write".into()))
     }
 }
 
@@ -108,13 +177,13 @@ async fn flush(shard: Rc<Shard>, peer: SocketAddr, peer_shard: usize, queue: Rc<
             }
         }
         for waiter in waiters {
-            waiter.send(answer.clone());
+            waiter.answer(&answer);
         }
     }
 }
 
 /// The oldest records of the queue that fit one call, with their waiters.
-fn take_batch(queue: &Queue) -> (Vec<ReplicaRecord>, Vec<SlotSender<Answer>>) {
+fn take_batch(queue: &Queue) -> (Vec<ReplicaRecord>, Vec<Rc<WriteAcks>>) {
     let mut records = queue.records.borrow_mut();
     let mut waiters = queue.waiters.borrow_mut();
     let (mut count, mut bytes) = (0, 0);
@@ -135,6 +204,7 @@ fn take_batch(queue: &Queue) -> (Vec<ReplicaRecord>, Vec<SlotSender<Answer>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::sync::{reply_slot, SlotReceiver};
 
     fn record(key: &str, value_len: usize) -> ReplicaRecord {
         ReplicaRecord {
@@ -154,10 +224,43 @@ mod tests {
         for r in records {
             let (tx, rx) = reply_slot();
             queue.records.borrow_mut().push(r);
-            queue.waiters.borrow_mut().push(tx);
+            queue
+                .waiters
+                .borrow_mut()
+                .push(WriteAcks::new(1, Outcome::Slot(tx)));
             receivers.push(rx);
         }
         (queue, receivers)
+    }
+
+    fn outcome_of(rx: SlotReceiver<Answer>) -> Option<Answer> {
+        futures_lite::future::block_on(futures_lite::future::poll_once(rx)).flatten()
+    }
+
+    #[test]
+    fn a_write_hears_once_every_replica_answered_with_all_failures() {
+        let (tx, rx) = reply_slot();
+        let acks = WriteAcks::new(3, Outcome::Slot(tx));
+        acks.answer(&Ok(()));
+        acks.answer(&Err("b: timed out".into()));
+        assert_eq!(acks.remaining.get(), 1);
+        acks.answer(&Err("c: refused".into()));
+        assert_eq!(outcome_of(rx), Some(Err("b: timed out; c: refused".into())));
+    }
+
+    #[test]
+    fn a_write_with_no_replica_or_dropped_from_its_queue_still_hears() {
+        let (tx, rx) = reply_slot();
+        drop(WriteAcks::new(0, Outcome::Slot(tx)));
+        assert_eq!(outcome_of(rx), Some(Ok(())));
+        let (tx, rx) = reply_slot();
+        let acks = WriteAcks::new(2, Outcome::Slot(tx));
+        acks.answer(&Ok(()));
+        drop(acks);
+        assert_eq!(
+            outcome_of(rx),
+            Some(Err("replication queue dropped the write".into()))
+        );
     }
 
     #[test]

@@ -25,11 +25,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::fanout::{Outcome, WriteAcks};
 use super::shard::{Counters, Shard, ShardAnswer, ShardCall, REPLICATION_PEER};
 use crate::ring::{core_of, key_hash};
 use crate::rpc::messages::{
     ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
 };
+use crate::rpc::sync::reply_slot;
 use crate::rpc::{ClientConfig, Hello, RpcClient};
 use crate::runtime;
 use crate::storage::{StorageError, WriteOutcome};
@@ -111,16 +113,17 @@ pub(crate) fn admit(
 }
 
 /// Sends `record` to every target, batched with the other writes for the same peer shard (see
-/// [`super::fanout`]); `Ok` once all acknowledged. A target that fails gets the record through the
-/// backlog later.
-pub(crate) async fn replicate(
+/// [`super::fanout`]); `outcome` runs once all answered (at once when there is no target). A
+/// target that fails gets the record through the backlog later.
+pub(crate) fn replicate_then(
     shard: &Rc<Shard>,
     routing: &RoutingSnapshot,
     targets: &[SocketAddr],
     mut record: ReplicaRecord,
-) -> Result<(), String> {
+    outcome: Outcome,
+) {
     let hash = record.hash;
-    let mut waits = Vec::with_capacity(targets.len());
+    let acks = WriteAcks::new(targets.len(), outcome);
     for (i, &peer) in targets.iter().enumerate() {
         // The last target takes the record itself.
         let record = if i + 1 == targets.len() {
@@ -129,20 +132,21 @@ pub(crate) async fn replicate(
             record.clone()
         };
         let peer_shard = core_of(hash, routing.shards_of(&peer));
-        waits.push(super::fanout::enqueue(shard, peer, peer_shard, record));
+        super::fanout::enqueue(shard, peer, peer_shard, record, acks.clone());
     }
-    // Every wait is queued already, so awaiting them in turn costs no more than together.
-    let mut failures = Vec::new();
-    for wait in waits {
-        if let Err(e) = wait.answer().await {
-            failures.push(e);
-        }
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+}
+
+/// [`replicate_then`] for a task: `Ok` once every target acknowledged.
+pub(crate) async fn replicate(
+    shard: &Rc<Shard>,
+    routing: &RoutingSnapshot,
+    targets: &[SocketAddr],
+    record: ReplicaRecord,
+) -> Result<(), String> {
+    let (tx, rx) = reply_slot();
+    replicate_then(shard, routing, targets, record, Outcome::Slot(tx));
+    rx.await
+        .unwrap_or_else(|| Err("replication queue dropped the write".into()))
 }
 
 /// Sends `records` (all owned by `peer_shard` on `peer`) with retries, each call within `limit`.

@@ -100,11 +100,22 @@ impl ShardStore {
 
     /// Call after a write, before acknowledging it: waits for what the durability policy promises.
     pub async fn durable(&self) -> Result<(), StorageError> {
+        if self.durable_without_waiting() {
+            return Ok(());
+        }
         let generation = self.write_gen.get() + 1;
         self.write_gen.set(generation);
+        self.sync_up_to(generation).await
+    }
+
+    /// [`ShardStore::durable`] for a caller that would rather not await: under a policy that
+    /// makes nobody wait (group commit, none) it does the same bookkeeping and returns true; under
+    /// `every` it does nothing and returns false, and the caller must await `durable`.
+    pub fn durable_without_waiting(&self) -> bool {
         match self.durability {
-            Durability::EveryWrite => self.sync_up_to(generation).await,
+            Durability::EveryWrite => false,
             Durability::GroupCommit(every) => {
+                self.write_gen.set(self.write_gen.get() + 1);
                 self.schedule_write_out();
                 // A busy executor runs its timers only between time slices (up to glommio's
                 // preemption period, 100 ms by default), so the writes themselves start the
@@ -112,11 +123,12 @@ impl ShardStore {
                 if !self.syncing.get() && self.last_round.get().elapsed() >= every {
                     self.spawn_round();
                 }
-                Ok(())
+                true
             }
             Durability::None => {
+                self.write_gen.set(self.write_gen.get() + 1);
                 self.schedule_write_out();
-                Ok(())
+                true
             }
         }
     }
