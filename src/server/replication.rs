@@ -14,10 +14,10 @@
 //! (`Engine::apply_newer_batch`, which is `put_if_newer` / `delete_if_newer` record by record with
 //! the cache misses of several records overlapped), so a late or repeated copy never overwrites a
 //! newer write, and observe every version so the shard's clock stays ahead of anything it has
-//! stored. A batch of this shard's records is decoded without copying its keys and values. Records of keys owned by another core of
-//! this server (a sender with a stale shard count) are passed to that core over the mesh. A
-//! rebalance [`ReplicationRequest::Copy`] is applied the same way once this shard routes with the
-//! sender's snapshot or a newer one. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
+//! stored. A batch of this shard's records is decoded without copying its keys and values.
+//! Records of keys owned by another core of this server (a sender with a stale shard count) are
+//! passed to that core over the mesh. A rebalance [`ReplicationRequest::Copy`] is applied the
+//! same way once this shard routes with the sender's snapshot or a newer one. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
 //! `Pull` asks for one key's record (a new coordinator before a conditional write, see
 //! [`super::pull`]).
 
