@@ -51,13 +51,22 @@ impl Raw {
         self.stream.write_all(&out).expect("write");
     }
 
-    /// Reads `n` responses, returned sorted by id.
-    fn responses<Resp: DeserializeOwned>(&mut self, n: usize) -> Vec<(u64, Resp)> {
+    /// Sends a request frame whose payload is `payload` as it is.
+    fn send_payload(&mut self, id: u64, payload: &[u8]) {
+        let mut out = Vec::new();
+        kumofs::rpc::frame::encode_frame_with(&mut out, FrameKind::Request, id, |out| {
+            out.extend_from_slice(payload)
+        })
+        .expect("frame");
+        self.stream.write_all(&out).expect("write");
+    }
+
+    /// Reads `n` frames of any kind: (kind, id, payload).
+    fn frames(&mut self, n: usize) -> Vec<(FrameKind, u64, Vec<u8>)> {
         let mut got = Vec::new();
         while got.len() < n {
             while let Some(frame) = self.decoder.next_frame().expect("frame") {
-                assert_eq!(frame.kind, FrameKind::Response);
-                got.push((frame.id, frame.decode::<Resp>().expect("decode")));
+                got.push((frame.kind, frame.id, frame.payload.to_vec()));
             }
             if got.len() >= n {
                 break;
@@ -67,6 +76,19 @@ impl Raw {
             assert!(read > 0, "server closed the connection");
             self.decoder.push(&buf[..read]);
         }
+        got
+    }
+
+    /// Reads `n` responses, returned sorted by id.
+    fn responses<Resp: DeserializeOwned>(&mut self, n: usize) -> Vec<(u64, Resp)> {
+        let mut got: Vec<(u64, Resp)> = self
+            .frames(n)
+            .into_iter()
+            .map(|(kind, id, payload)| {
+                assert_eq!(kind, FrameKind::Response);
+                (id, rmp_serde::from_slice(&payload).expect("decode"))
+            })
+            .collect();
         got.sort_by_key(|(id, _)| *id);
         got
     }
@@ -204,4 +226,78 @@ fn hello_bound_connections_and_replication_role() {
         DataResponse::Stored { version } => assert!(version > high + 1),
         other => panic!("{other:?}"),
     }
+
+    // One batch with keys of both shards (the receiving shard passes the other's on), a key
+    // twice (the older second copy loses to the first) and a version no clock makes (refused).
+    let mixed: Vec<String> = (0..40).map(|i| format!("mixed{i}")).collect();
+    assert!(mixed
+        .iter()
+        .any(|k| core_of(key_hash(k.as_bytes()), 2) != shard as usize));
+    let mut records: Vec<ReplicaRecord> = mixed.iter().map(|k| record(k, k, 500, false)).collect();
+    records.push(record(&mixed[0], "older", 499, false));
+    records.push(record("implausible", "x", u64::MAX, false));
+    raw.send(5, &ReplicationRequest::Replicate { records });
+    assert_eq!(
+        raw.responses::<ReplicationResponse>(1)[0].1,
+        ReplicationResponse::Ack {
+            applied: 40,
+            stale: 2
+        }
+    );
+    for k in &mixed {
+        assert_eq!(value_of(&plain.get(k)), Some((k.clone(), 500)));
+    }
+    assert_eq!(plain.get("implausible"), DataResponse::NotFound);
+    // The same with keys of the receiving shard only (decoded in place and applied at once).
+    let here: Vec<&String> = mixed
+        .iter()
+        .filter(|k| core_of(key_hash(k.as_bytes()), 2) == shard as usize)
+        .collect();
+    let odd = (0..100)
+        .map(|i| format!("implausible{i}"))
+        .find(|k| core_of(key_hash(k.as_bytes()), 2) == shard as usize)
+        .expect("a key of this shard");
+    let mut records: Vec<ReplicaRecord> = here
+        .iter()
+        .map(|k| record(k, "again", 501, false))
+        .collect();
+    records.push(record(here[0], "older", 500, false));
+    records.push(record(&odd, "x", u64::MAX, false));
+    raw.send(50, &ReplicationRequest::Replicate { records });
+    assert_eq!(
+        raw.responses::<ReplicationResponse>(1)[0].1,
+        ReplicationResponse::Ack {
+            applied: here.len() as u32,
+            stale: 2
+        }
+    );
+    for k in &here {
+        assert_eq!(value_of(&plain.get(k)), Some(("again".into(), 501)));
+    }
+    assert_eq!(plain.get(&odd), DataResponse::NotFound);
+
+    // A damaged batch (a record count with no records behind it) is answered with an error
+    // frame; the connection goes on.
+    let mut damaged = rmp_serde::to_vec(&ReplicationRequest::Replicate {
+        records: vec![record("damaged", "x", 600, false)],
+    })
+    .expect("encode");
+    damaged.truncate(damaged.len() - 3);
+    raw.send_payload(6, &damaged);
+    let answer = raw.frames(1);
+    assert_eq!((answer[0].0, answer[0].1), (FrameKind::Error, 6));
+    raw.send(
+        7,
+        &ReplicationRequest::Replicate {
+            records: vec![record("damaged", "y", 601, false)],
+        },
+    );
+    assert_eq!(
+        raw.responses::<ReplicationResponse>(1)[0].1,
+        ReplicationResponse::Ack {
+            applied: 1,
+            stale: 0
+        }
+    );
+    assert_eq!(value_of(&plain.get("damaged")), Some(("y".into(), 601)));
 }

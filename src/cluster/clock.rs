@@ -77,6 +77,13 @@ pub fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `version` is one a correct clock can make (its physical part at most
+/// [`MAX_PHYSICAL_MS`]): what [`Hlc::observe`] accepts.
+#[inline]
+pub fn plausible(version: u64) -> bool {
+    physical_ms(version) <= MAX_PHYSICAL_MS
+}
+
 /// A version from a peer that no correct clock could have made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImplausibleVersion(pub u64);
@@ -121,7 +128,7 @@ impl Hlc {
     /// Takes in a version seen on a message from a peer, so the next [`Hlc::now`] is newer than it.
     /// `phys_ms` lets the clock move to the wall time too if that is ahead of both.
     pub fn observe(&mut self, remote: u64, phys_ms: u64) -> Result<(), ImplausibleVersion> {
-        if physical_ms(remote) > MAX_PHYSICAL_MS {
+        if !plausible(remote) {
             return Err(ImplausibleVersion(remote));
         }
         self.last = self.last.max(remote).max(version_at(phys_ms));

@@ -450,19 +450,20 @@ pub fn put_response(out: &mut Vec<u8>, response: &DataResponse) -> Result<(), Rp
 
 // ---- decoding ----
 
-/// A cursor over msgpack bytes; every method returns `None` on anything unexpected.
-struct Reader<'a> {
-    buf: &'a [u8],
+/// A cursor over msgpack bytes; every method returns `None` on anything unexpected. Shared with
+/// [`super::replica_codec`].
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
+    pub(super) fn byte(&mut self) -> Option<u8> {
         let (&b, rest) = self.buf.split_first()?;
         self.buf = rest;
         Some(b)
     }
 
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.buf.len() < n {
             return None;
         }
@@ -471,7 +472,7 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
-    fn be(&mut self, n: usize) -> Option<u64> {
+    pub(super) fn be(&mut self, n: usize) -> Option<u64> {
         Some(
             self.take(n)?
                 .iter()
@@ -479,7 +480,7 @@ impl<'a> Reader<'a> {
         )
     }
 
-    fn uint(&mut self) -> Option<u64> {
+    pub(super) fn uint(&mut self) -> Option<u64> {
         match self.byte()? {
             b @ 0x00..=0x7f => Some(u64::from(b)),
             0xcc => self.be(1),
@@ -490,7 +491,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn u32(&mut self) -> Option<u32> {
+    pub(super) fn u32(&mut self) -> Option<u32> {
         u32::try_from(self.uint()?).ok()
     }
 
@@ -503,7 +504,7 @@ impl<'a> Reader<'a> {
         Some(Some(self.uint()?))
     }
 
-    fn bool(&mut self) -> Option<bool> {
+    pub(super) fn bool(&mut self) -> Option<bool> {
         match self.byte()? {
             0xc2 => Some(false),
             0xc3 => Some(true),
@@ -511,7 +512,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn bin(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn bin(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             0xc4 => self.be(1)?,
             0xc5 => self.be(2)?,
@@ -522,7 +523,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A msgpack string's bytes (names are compared as bytes: no UTF-8 check on the hot path).
-    fn str_bytes(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             b @ 0xa0..=0xbf => u64::from(b & 0x1f),
             0xd9 => self.be(1)?,
@@ -539,7 +540,7 @@ impl<'a> Reader<'a> {
 
     /// An enum: `(name, Some(field count))` for `{name: [..]}`, `(name, None)` for a bare name.
     /// A variant holding one non-array value (`Error`) is reported with `Some(0)` and left at the value.
-    fn variant(&mut self) -> Option<(&'a [u8], Option<u8>)> {
+    pub(super) fn variant(&mut self) -> Option<(&'a [u8], Option<u8>)> {
         match *self.buf.first()? {
             0x81 => {
                 self.byte()?;
@@ -556,7 +557,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn end(&self) -> Option<()> {
+    pub(super) fn end(&self) -> Option<()> {
         self.buf.is_empty().then_some(())
     }
 }

@@ -5,6 +5,7 @@
 //! - [`messages`]: one request enum and one response enum per peer pair;
 //! - [`data_codec`]: hand-written msgpack (byte-identical to rmp-serde) for the data path's gets
 //!   and writes, decoded without copying keys and values;
+//! - [`replica_codec`]: the same for the records of a replicated batch (decoding only);
 //! - [`RpcClient`]: a shard-local client with per-call timeouts, write coalescing and reconnects;
 //! - [`Pipe`]: the data path's client, a call being an entry in a queue rather than a future;
 //! - [`serve_connection`]: the server side, running requests concurrently, and [`serve_frames`],
@@ -19,6 +20,7 @@ pub mod blocking;
 pub mod data_codec;
 pub mod frame;
 pub mod messages;
+pub mod replica_codec;
 
 mod client;
 mod outbox;

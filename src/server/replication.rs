@@ -10,12 +10,14 @@
 //! copies may hold it), and the record goes to the replication backlog ([`super::backlog`]), which
 //! keeps retrying that peer until it acknowledges or stops being an active member.
 //!
-//! Receiving: `handle` applies records newest-version-wins (`put_if_newer` / `delete_if_newer`),
-//! so a late or repeated copy never overwrites a newer write, and observes every version so the
-//! shard's clock stays ahead of anything it has stored. Records of keys owned by another core of
-//! this server (a sender with a stale shard count) are passed to that core over the mesh. A
-//! rebalance [`ReplicationRequest::Copy`] is applied the same way once this shard routes with the
-//! sender's snapshot or a newer one. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
+//! Receiving: `serve_frame` and `handle` apply records newest-version-wins, a batch at a time
+//! (`Engine::apply_newer_batch`, which is `put_if_newer` / `delete_if_newer` record by record with
+//! the cache misses of several records overlapped), so a late or repeated copy never overwrites a
+//! newer write, and observe every version so the shard's clock stays ahead of anything it has
+//! stored. A batch of this shard's records is decoded without copying its keys and values.
+//! Records of keys owned by another core of this server (a sender with a stale shard count) are
+//! passed to that core over the mesh. A rebalance [`ReplicationRequest::Copy`] is applied the
+//! same way once this shard routes with the sender's snapshot or a newer one. `Clock` and `Flush` are the two rounds of a cluster-wide flush ([`super::flush`]).
 //! `Pull` asks for one key's record (a new coordinator before a conditional write, see
 //! [`super::pull`]).
 
@@ -27,14 +29,16 @@ use std::time::Duration;
 
 use super::fanout::{Outcome, WriteAcks};
 use super::shard::{Counters, Shard, ShardAnswer, ShardCall, REPLICATION_PEER};
+use crate::cluster::clock::plausible;
 use crate::ring::{core_of, key_hash};
 use crate::rpc::messages::{
     ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
 };
+use crate::rpc::replica_codec::{self, DecodedReplication, ReplicaRecordRef};
 use crate::rpc::sync::reply_slot;
-use crate::rpc::{ClientConfig, Hello, RpcClient};
+use crate::rpc::{ClientConfig, Hello, Responder, RpcClient};
 use crate::runtime;
-use crate::storage::{StorageError, WriteOutcome};
+use crate::storage::{NewerRecord, StorageError};
 
 /// Tries per peer before a replication counts as failed.
 pub const ATTEMPTS: u32 = 3;
@@ -192,7 +196,89 @@ pub(crate) async fn call_with_retries(
     Err(last)
 }
 
-/// Entry point of a replication connection's request (data or stream port).
+/// Entry point of a replication connection's request frame (data or stream port). A `Replicate`
+/// whose records all belong to this shard (the common case: the sender routed them here) is
+/// decoded borrowing keys and values from the frame ([`replica_codec`]) and installed at once,
+/// before the next frame is read; only its durability wait runs in a task. Everything else is
+/// decoded with rmp-serde and handled by [`handle`] in a task of its own, as before.
+pub(crate) fn serve_frame(shard: &Rc<Shard>, id: u64, payload: &[u8], responder: &Rc<Responder>) {
+    let request = match replica_codec::decode_request(payload) {
+        Ok(DecodedReplication::Replicate(records))
+            if records.iter().all(|r| is_local(shard, r.key)) =>
+        {
+            let batch: Vec<NewerRecord<'_>> = records
+                .iter()
+                .map(|r| NewerRecord {
+                    key: r.key,
+                    value: r.value,
+                    flags: r.flags,
+                    expiry: r.exptime,
+                    version: r.version,
+                    tombstone: r.tombstone,
+                })
+                .collect();
+            match install_batch(shard, &batch) {
+                Ok((0, stale)) => respond_now(responder, id, &ack(0, stale)),
+                Ok((applied, stale)) => {
+                    let shard = shard.clone();
+                    answer_later(responder, id, async move {
+                        durable_ack(&shard, applied, stale).await
+                    });
+                }
+                Err(e) => respond_now(responder, id, &ReplicationResponse::Error(e.to_string())),
+            }
+            return;
+        }
+        Ok(DecodedReplication::Replicate(records)) => ReplicationRequest::Replicate {
+            records: records.iter().map(ReplicaRecordRef::to_owned).collect(),
+        },
+        Ok(DecodedReplication::Other(request)) => request,
+        Err(e) => return responder.respond_error(id, &e.to_string()),
+    };
+    let shard = shard.clone();
+    answer_later(responder, id, async move { handle(&shard, request).await });
+}
+
+fn ack(applied: u32, stale: u32) -> ReplicationResponse {
+    ReplicationResponse::Ack { applied, stale }
+}
+
+/// Answers request `id` at once.
+fn respond_now(responder: &Responder, id: u64, response: &ReplicationResponse) {
+    let mut failed = None;
+    responder.respond_with(id, |out| {
+        let start = out.len();
+        if let Err(e) = rmp_serde::encode::write(out, response) {
+            out.truncate(start);
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        responder.respond_error(id, &format!("cannot encode the response: {e}"));
+    }
+}
+
+/// Answers request `id` from a task of its own, with what `response` resolves to.
+fn answer_later(
+    responder: &Rc<Responder>,
+    id: u64,
+    response: impl std::future::Future<Output = ReplicationResponse> + 'static,
+) {
+    responder.spawn(
+        id,
+        async move { Ok::<_, String>(response.await) },
+        |out, response: &ReplicationResponse| {
+            rmp_serde::encode::write(out, response).map_err(|e| e.to_string())
+        },
+    );
+}
+
+/// Whether `key` belongs to this shard (no hashing when the server has one shard).
+fn is_local(shard: &Shard, key: &[u8]) -> bool {
+    shard.count == 1 || core_of(key_hash(key), shard.count) == shard.id
+}
+
+/// Handles a decoded replication request.
 pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> ReplicationResponse {
     match request {
         ReplicationRequest::Replicate { records } => apply(shard, records).await,
@@ -243,10 +329,7 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: ReplicationRequest) -> Re
 /// Applies records on the shards that own them, newest version wins.
 async fn apply(shard: &Rc<Shard>, records: Vec<ReplicaRecord>) -> ReplicationResponse {
     // The common case: the sender routed every record to the core that owns it.
-    if records
-        .iter()
-        .all(|r| core_of(key_hash(&r.key), shard.count) == shard.id)
-    {
+    if records.iter().all(|r| is_local(shard, &r.key)) {
         return apply_local(shard, records).await;
     }
     let mut by_core: HashMap<usize, Vec<ReplicaRecord>> = HashMap::new();
@@ -286,16 +369,19 @@ pub(crate) async fn apply_local(
     shard: &Rc<Shard>,
     records: Vec<ReplicaRecord>,
 ) -> ReplicationResponse {
-    let (applied, stale) = match install(shard, &records) {
-        Ok(counts) => counts,
-        Err(e) => return ReplicationResponse::Error(e.to_string()),
-    };
-    if applied > 0 {
-        if let Err(e) = shard.store.durable().await {
-            return ReplicationResponse::Error(format!("storage sync failed: {e}"));
-        }
+    match install(shard, &records) {
+        Ok((0, stale)) => ack(0, stale),
+        Ok((applied, stale)) => durable_ack(shard, applied, stale).await,
+        Err(e) => ReplicationResponse::Error(e.to_string()),
     }
-    ReplicationResponse::Ack { applied, stale }
+}
+
+/// The answer to records installed here once they are durable (per the durability policy).
+async fn durable_ack(shard: &Shard, applied: u32, stale: u32) -> ReplicationResponse {
+    match shard.store.durable().await {
+        Ok(()) => ack(applied, stale),
+        Err(e) => ReplicationResponse::Error(format!("storage sync failed: {e}")),
+    }
 }
 
 /// Writes records owned by this shard into its engine, newest version wins (what a replica does
@@ -306,32 +392,36 @@ pub(crate) fn install(
     shard: &Shard,
     records: &[ReplicaRecord],
 ) -> Result<(u32, u32), StorageError> {
-    let (mut applied, mut stale) = (0u32, 0u32);
-    let mut engine = shard.store.engine();
-    for record in records {
-        if !shard.observe_version(record.version) {
-            // A version no correct clock makes: storing it would pin the key forever.
-            stale += 1;
-            continue;
-        }
-        let outcome = if record.tombstone {
-            engine.delete_if_newer(&record.key, record.version)
-        } else {
-            engine.put_if_newer(
-                &record.key,
-                &record.value,
-                record.flags,
-                record.exptime,
-                record.version,
-            )
-        };
-        match outcome? {
-            WriteOutcome::Stored | WriteOutcome::Deleted => applied += 1,
-            _ => stale += 1,
-        }
+    let batch: Vec<NewerRecord<'_>> = records
+        .iter()
+        .map(|r| NewerRecord {
+            key: &r.key,
+            value: &r.value,
+            flags: r.flags,
+            expiry: r.exptime,
+            version: r.version,
+            tombstone: r.tombstone,
+        })
+        .collect();
+    install_batch(shard, &batch)
+}
+
+/// [`install`] of records borrowed from wherever they are, applied as one batch
+/// ([`crate::storage::Engine::apply_newer_batch`]).
+fn install_batch(shard: &Shard, records: &[NewerRecord<'_>]) -> Result<(u32, u32), StorageError> {
+    // The clock takes in the newest version of the batch, so later local versions are newer than
+    // every record here: one clock read per batch rather than per record, and the same clock
+    // afterwards (nothing reads it while the batch is applied).
+    let newest = records.iter().map(|r| r.version).filter(|&v| plausible(v));
+    if let Some(newest) = newest.max() {
+        shard.observe_version(newest);
     }
-    drop(engine);
-    Counters::bump(&shard.counters.repl_applied, u64::from(applied));
-    Counters::bump(&shard.counters.repl_stale, u64::from(stale));
-    Ok((applied, stale))
+    // A version no correct clock makes is refused: storing it would pin the key forever.
+    let counts = shard
+        .store
+        .engine()
+        .apply_newer_batch(records, |r| plausible(r.version))?;
+    Counters::bump(&shard.counters.repl_applied, u64::from(counts.applied));
+    Counters::bump(&shard.counters.repl_stale, u64::from(counts.stale));
+    Ok((counts.applied, counts.stale))
 }

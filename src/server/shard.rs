@@ -30,10 +30,9 @@ use super::ServerConfig;
 use crate::cluster::clock::{wall_ms, Hlc};
 use crate::cluster::membership::Phase;
 use crate::rpc::messages::{
-    DataRequest, DataResponse, ReplicaRecord, ReplicationRequest, ReplicationResponse,
-    RoutingSnapshot,
+    DataRequest, DataResponse, ReplicaRecord, ReplicationResponse, RoutingSnapshot,
 };
-use crate::rpc::{read_hello, serve_connection, serve_frames, Hello};
+use crate::rpc::{read_hello, serve_frames, Hello};
 use crate::runtime::{self, HandedOffStream, ShardContext, TcpStream};
 use crate::storage::ShardStore;
 
@@ -344,9 +343,8 @@ impl Shard {
         runtime::spawn(async move {
             let served = async {
                 if replication {
-                    serve_connection(stream, buffered, move |request: ReplicationRequest| {
-                        let shard = shard.clone();
-                        async move { Ok::<_, String>(super::replication::handle(&shard, request).await) }
+                    serve_frames(stream, buffered, move |id, payload, responder| {
+                        super::replication::serve_frame(&shard, id, payload, responder)
                     })
                     .await
                 } else {

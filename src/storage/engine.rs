@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 
+use super::batch::NewerRecord;
 use super::index::{tag_of, Index, Slot};
 use super::ops::WriteOutcome;
 use super::record::{self, Header, Kind, HEADER_LEN};
@@ -76,7 +77,18 @@ pub(crate) fn find_in(
     index: &Index,
     key: &[u8],
 ) -> Result<Option<Found>, StorageError> {
-    for pos in index.candidates(tag_of(key)) {
+    find_tagged_in(segments, index, key, tag_of(key))
+}
+
+/// [`find_in`] with the key's tag (`tag_of(key)`) computed by the caller.
+#[inline]
+pub(crate) fn find_tagged_in(
+    segments: &BTreeMap<u32, Segment>,
+    index: &Index,
+    key: &[u8],
+    tag: u32,
+) -> Result<Option<Found>, StorageError> {
+    for pos in index.candidates(tag) {
         let slot = index.get(pos);
         let Ok(bytes) = record_of(segments, slot) else {
             continue;
@@ -288,8 +300,9 @@ impl Engine {
         let mut wbuf = std::mem::take(&mut self.wbuf);
         wbuf.clear();
         let encoded = record::encode(&mut wbuf, kind, key, value, version, flags, expiry);
-        let result =
-            encoded.and_then(|()| self.append_raw(&wbuf, tag_of(key), kind == Kind::Tombstone));
+        // The record replaced was found by this key's tag: no need to hash the key again.
+        let tag = old.map_or_else(|| tag_of(key), |found| found.slot.tag);
+        let result = encoded.and_then(|()| self.append_raw(&wbuf, tag, kind == Kind::Tombstone));
         self.wbuf = wbuf;
         let slot = result?;
         self.install(old.map(|f| (f.pos, f.slot)), slot);
@@ -374,7 +387,8 @@ impl Engine {
     }
 
     /// Stores only if no record (value or tombstone) with a version >= `version` is held.
-    /// Records hidden by [`Engine::flush`] do not count. Replication and rebalance use this.
+    /// Records hidden by [`Engine::flush`] do not count. Replication and rebalance apply whole
+    /// batches of these with [`Engine::apply_newer_batch`].
     pub fn put_if_newer(
         &mut self,
         key: &[u8],
@@ -383,16 +397,15 @@ impl Engine {
         expiry: u32,
         version: u64,
     ) -> Result<WriteOutcome, StorageError> {
-        self.check_key(key)?;
-        self.check_value(value.len())?;
-        let old = self.find(key)?;
-        if let Some(f) = &old {
-            if f.header.version >= self.flush_version && f.header.version >= version {
-                return Ok(WriteOutcome::NotStored);
-            }
-        }
-        self.write(old, Kind::Value, key, value, version, flags, expiry)?;
-        Ok(WriteOutcome::Stored)
+        let record = NewerRecord {
+            key,
+            value,
+            flags,
+            expiry,
+            version,
+            tombstone: false,
+        };
+        self.apply_newer(&record, tag_of(key))
     }
 
     /// Compare-and-swap: stores only if the live record's version equals `expected`.
@@ -436,16 +449,15 @@ impl Engine {
         key: &[u8],
         version: u64,
     ) -> Result<WriteOutcome, StorageError> {
-        self.check_key(key)?;
-        let old = self.find(key)?;
-        if let Some(f) = &old {
-            if f.header.version >= self.flush_version && f.header.version >= version {
-                return Ok(WriteOutcome::NotStored);
-            }
-        }
-        let now = self.now();
-        self.write(old, Kind::Tombstone, key, b"", version, 0, now)?;
-        Ok(WriteOutcome::Deleted)
+        let record = NewerRecord {
+            key,
+            value: b"",
+            flags: 0,
+            expiry: 0,
+            version,
+            tombstone: true,
+        };
+        self.apply_newer(&record, tag_of(key))
     }
 
     /// Makes every record with a version below `before_version` read as missing (`flush_all`).

@@ -170,6 +170,12 @@ impl Index {
         self.slots.len() - 1
     }
 
+    /// Asks the CPU to start loading the home slot of `tag` (a hint; see [`super::batch`]).
+    #[inline]
+    pub fn prefetch_home(&self, tag: u32) {
+        super::batch::prefetch(std::ptr::from_ref(&self.slots[self.home(tag)]).cast());
+    }
+
     /// Positions of occupied slots carrying `tag`, in probe order. The caller confirms the key.
     pub fn candidates(&self, tag: u32) -> Candidates<'_> {
         Candidates {

@@ -12,6 +12,7 @@
 //! logic runs in plain unit tests. Layout:
 //! - [`engine`]: open, the index lookups, the write path and the primitive operations;
 //! - [`segment`]: one segment file, its memory map and its unwritten tail;
+//! - [`batch`]: newest-version-wins batches (replication) with their cache misses overlapped;
 //! - [`ops`]: the read-modify-write hooks of the memcached layer (add, replace, append, incr ...);
 //! - [`recovery`]: full segment scans, torn-tail truncation, the index snapshot;
 //! - [`compact`]: incremental compaction and tombstone garbage collection;
@@ -21,6 +22,7 @@
 //! there). Time is unix seconds from a clock seam ([`Engine::set_clock`]); a tombstone records the
 //! time of its delete in its expiry field, and tombstone GC ages tombstones by that time.
 
+pub mod batch;
 pub mod compact;
 pub mod durability;
 pub mod engine;
@@ -34,6 +36,7 @@ pub mod shard;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use batch::{NewerCounts, NewerRecord};
 pub use compact::CompactProgress;
 pub use durability::SyncRound;
 pub use engine::{Engine, Entry, TombstoneGc};
