@@ -630,16 +630,6 @@ pub fn decode_request(payload: &[u8]) -> Option<DataRequestRef<'_>> {
     Some(request)
 }
 
-/// The hash and key of a get or write request, reading nothing after them (a server's look-ahead
-/// over a batch uses it); `None` for other requests or unexpected bytes.
-pub fn request_key(payload: &[u8]) -> Option<(u64, &[u8])> {
-    let mut r = Reader { buf: payload };
-    match r.variant()? {
-        (b"Get" | b"GetNewest", Some(2)) | (b"Write", Some(7)) => Some((r.uint()?, r.bin()?)),
-        _ => None,
-    }
-}
-
 /// Decodes a response without copying; `None` for `Stats` or unexpected bytes.
 pub fn decode_response(payload: &[u8]) -> Option<DataResponseRef<'_>> {
     let mut r = Reader { buf: payload };
