@@ -191,14 +191,6 @@ impl FrameDecoder {
         self.commit(bytes.len());
     }
 
-    /// The payloads of the complete request frames buffered now, in order, without consuming
-    /// them (it stops at the first incomplete or invalid frame, which `next_frame` then reports).
-    pub fn peek_requests(&self) -> PeekRequests<'_> {
-        PeekRequests {
-            bytes: &self.buf[self.start..self.end],
-        }
-    }
-
     /// The next complete frame, `None` if more bytes are needed, or an error for a stream that can
     /// never be valid (the connection must then be closed).
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, RpcError> {
@@ -236,53 +228,9 @@ impl FrameDecoder {
     }
 }
 
-/// See [`FrameDecoder::peek_requests`].
-#[derive(Clone)]
-pub struct PeekRequests<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Iterator for PeekRequests<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        loop {
-            let prefix = self.bytes.get(..LENGTH_PREFIX)?;
-            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-            if !(HEADER_LEN..=MAX_FRAME_LEN).contains(&len) {
-                return None;
-            }
-            let body = self.bytes.get(LENGTH_PREFIX..LENGTH_PREFIX + len)?;
-            self.bytes = &self.bytes[LENGTH_PREFIX + len..];
-            if FrameKind::from_byte(body[0]) == Some(FrameKind::Request) {
-                return Some(&body[HEADER_LEN..]);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peeking_sees_the_complete_requests_and_consumes_nothing() {
-        let mut bytes = Vec::new();
-        encode_frame(&mut bytes, FrameKind::Request, 1, &1u8).unwrap();
-        encode_frame(&mut bytes, FrameKind::Hello, 2, &2u8).unwrap();
-        encode_frame(&mut bytes, FrameKind::Request, 3, &3u8).unwrap();
-        let whole = bytes.len();
-        encode_frame(&mut bytes, FrameKind::Request, 4, &4u8).unwrap();
-        let mut decoder = FrameDecoder::with_bytes(bytes[..whole + 5].to_vec());
-        let peeked: Vec<&[u8]> = decoder.peek_requests().collect();
-        assert_eq!(peeked, [&[1u8][..], &[3u8][..]]);
-        let ids: Vec<u64> =
-            std::iter::from_fn(|| decoder.next_frame().unwrap().map(|f| f.id)).collect();
-        assert_eq!(ids, [1, 2, 3]);
-        // A frame that can never be valid ends the peek (next_frame reports it).
-        let decoder = FrameDecoder::with_bytes(vec![0, 0, 0, 1, 9]);
-        assert_eq!(decoder.peek_requests().count(), 0);
-    }
 
     #[test]
     fn frame_bytes_match_the_documented_layout() {

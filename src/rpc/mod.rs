@@ -29,11 +29,10 @@ mod server;
 pub(crate) mod sync;
 
 pub use client::{ClientConfig, RpcClient};
-pub use frame::{Hello, PeekRequests, MAX_FRAME_LEN};
+pub use frame::{Hello, MAX_FRAME_LEN};
 pub use pipe::{Completion, Pipe, PipeConfig};
 pub use server::{
-    read_hello, route_by_hello, serve_connection, serve_frames, serve_frames_looking_ahead,
-    LaterAnswer, Responder, Routed,
+    read_hello, route_by_hello, serve_connection, serve_frames, LaterAnswer, Responder, Routed,
 };
 
 /// Why a call failed.

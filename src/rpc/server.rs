@@ -16,7 +16,7 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::frame::{FrameDecoder, FrameKind, Hello, PeekRequests, LENGTH_PREFIX};
+use super::frame::{FrameDecoder, FrameKind, Hello, LENGTH_PREFIX};
 use super::outbox::Outbox;
 use super::RpcError;
 use crate::runtime::{self, HandedOffStream, TcpStream};
@@ -129,22 +129,6 @@ pub async fn serve_frames<F>(
 where
     F: FnMut(u64, &[u8], &Rc<Responder>),
 {
-    serve_frames_looking_ahead(stream, buffered, |_| {}, on_request).await
-}
-
-/// [`serve_frames`], with `look_ahead` shown the payloads of every complete request of a read
-/// before `on_request` gets them one by one: a handler whose requests miss the CPU caches can
-/// start loading what they will touch for all of them at once.
-pub async fn serve_frames_looking_ahead<L, F>(
-    stream: TcpStream,
-    buffered: Vec<u8>,
-    look_ahead: L,
-    on_request: F,
-) -> Result<(), RpcError>
-where
-    L: FnMut(PeekRequests<'_>),
-    F: FnMut(u64, &[u8], &Rc<Responder>),
-{
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let state = Rc::new(Responder {
         outbox: Outbox::default(),
@@ -158,7 +142,6 @@ where
         &state,
         &mut reader,
         FrameDecoder::with_bytes(buffered),
-        look_ahead,
         on_request,
     )
     .await;
@@ -274,20 +257,17 @@ impl Drop for LaterAnswer {
     }
 }
 
-async fn read_requests<L, F, R>(
+async fn read_requests<F, R>(
     state: &Rc<Responder>,
     reader: &mut R,
     mut decoder: FrameDecoder,
-    mut look_ahead: L,
     mut on_request: F,
 ) -> Result<(), RpcError>
 where
-    L: FnMut(PeekRequests<'_>),
     F: FnMut(u64, &[u8], &Rc<Responder>),
     R: AsyncRead + Unpin,
 {
     loop {
-        look_ahead(decoder.peek_requests());
         while let Some(frame) = decoder.next_frame()? {
             match frame.kind {
                 FrameKind::Request => on_request(frame.id, frame.payload, state),
