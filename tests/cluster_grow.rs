@@ -75,7 +75,9 @@ fn a_server_killed_during_a_rebalance_loses_nothing() {
     let keys: Vec<String> = (0..1500).map(|i| format!("moving-{i}")).collect();
     let value = |key: &str| format!("{key}:{}", "x".repeat(500));
     for key in &keys {
-        assert_eq!(client.set(key, &value(key)).expect("set"), "STORED");
+        let stored = client.set(key, &value(key));
+        let stored = stored.unwrap_or_else(|e| panic!("set {key}: {e}\n{}", cluster.logs()));
+        assert_eq!(stored, "STORED");
     }
     let fourth = cluster.add_server(&args);
     let out = support::kumoctl(cluster.manager(), &["attach"]);
