@@ -41,8 +41,11 @@ pub(crate) type Answer = Result<(), String>;
 /// The write queues of one shard, one per (peer server, peer shard).
 #[derive(Default)]
 pub(crate) struct Fanout {
-    queues: RefCell<HashMap<(SocketAddr, usize), Rc<Queue>, BuildHasherDefault<PeerHasher>>>,
+    queues: RefCell<PeerShardMap<Rc<Queue>>>,
 }
+
+/// A map keyed by (peer server, peer shard).
+type PeerShardMap<V> = HashMap<(SocketAddr, usize), V, BuildHasherDefault<PeerHasher>>;
 
 /// The queues' hasher: every replicated write looks its queues up, and SipHash over an address
 /// showed in profiles. The keys are our own peers' addresses, not chosen by clients, so a
