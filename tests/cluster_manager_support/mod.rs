@@ -73,7 +73,8 @@ pub fn start_manager(
 
 /// A free address for a manager.
 pub fn manager_addr() -> SocketAddr {
-    local(free_port())
+    // Managers are killed and restarted on their address.
+    local(crate::support::restartable_port())
 }
 
 /// The manager's status, or `None` if it does not answer.

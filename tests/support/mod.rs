@@ -20,7 +20,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// kernel may give the same port to two of them in a row; the second daemon would then fail to bind
 /// while its readiness poll is answered by the first.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -30,6 +29,29 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range (32768 and up by default), for
+/// a daemon a test kills and restarts on the same address. A port in the ephemeral range can be
+/// taken as the local port of some outgoing connection while the daemon is down, and the restart
+/// then fails with "address in use" (seen in the manager kill-and-restart loop).
+pub fn restartable_port() -> u16 {
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Start where another test process (another pid) is unlikely to look.
+    let start = std::process::id() % u32::from(COUNT);
+    for step in 0..u32::from(COUNT) {
+        // 7 and COUNT are coprime: the walk visits every port of the range once.
+        let port = FIRST + ((start + step * 7) % u32::from(COUNT)) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// Path of a binary built by this workspace (daemons and admin tools sit side by side).
