@@ -27,7 +27,7 @@ KEYS=1000000
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 BUILD=1
-KEEP=0
+KEEP_WORK=0
 SKIP_WRITES=0
 OUT="perf/results/cluster-$(date -u +%Y-%m-%d).md"
 COMMAND="$0 $*"
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift 2 ;;
         --keys) KEYS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        --keep) KEEP=1; shift ;;
+        --keep) KEEP_WORK=1; shift ;;
         --skip-writes) SKIP_WRITES=1; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -46,15 +46,8 @@ while [ $# -gt 0 ]; do
 done
 
 REL=target/release
-WORK=$(mktemp -d /tmp/kumo-cluster-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "$KEEP" = 1 ]; then echo "logs and data kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM
+. "$ROOT/perf/ports.sh"
+start_work kumo-cluster-bench
 
 log() { echo "== $*" >&2; }
 
@@ -67,7 +60,6 @@ for b in kumo-manager kumo-server kumo-gateway kumoctl kumostat kumo-bench; do
     [ -x "$REL/$b" ] || { echo "$REL/$b is not built" >&2; exit 1; }
 done
 
-. "$ROOT/perf/ports.sh"
 
 # bench PORT PROTOCOL PIPELINE RATIO CLIENTS SECS: prints the RESULT line.
 bench() {

@@ -37,19 +37,10 @@ for b in kumo-manager kumo-server kumo-gateway kumoctl kumostat kumo-bench; do
     [ -x "$BIN/$b" ] || { echo "$BIN/$b is not built" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /tmp/kumo-cluster-cost.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM
-
 . "$ROOT/perf/ports.sh"
+start_work kumo-cluster-cost
+
 HZ=$(getconf CLK_TCK)
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 bench() { # SECS: prints the RESULT line
     taskset -c "$LOADGEN_CPU" "$BIN/kumo-bench" -s 127.0.0.1 -p "$GW" --protocol text --clients 50 \
         --pipeline 16 --ratio 1:0 --key-maximum 100000 --data-size 32 --test-time "$1" \

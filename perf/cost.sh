@@ -36,19 +36,9 @@ while [ $# -gt 0 ]; do
 done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(memcached gateway embedded)
 BIN=target/$PROFILE
-WORK=$(mktemp -d /tmp/kumo-cost.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM
-
 . "$ROOT/perf/ports.sh"
-# CPU ticks (user + system) of a process and its threads.
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+start_work kumo-cost
+
 
 # start_kumofs MODE: sets DATA_PORT (and the pids to account in COST_PIDS).
 start_kumofs() {

@@ -1,4 +1,8 @@
-# Port helpers shared by the perf scripts (sourced, not run).
+# Helpers shared by the perf scripts (sourced, not run).
+#   start_work NAME           sets WORK to a fresh directory /tmp/NAME.XXXXXX and PIDS to an empty
+#                             list of processes to stop; on exit every pid in PIDS is killed and
+#                             reaped and WORK is removed (kept, and said so, when KEEP_WORK=1)
+#   ticks PID                 CPU ticks (user + system) of a process and its threads
 #   port_open PORT            true if something accepts on 127.0.0.1:PORT
 #   free_port                 sets PORT to a port nothing listens on. Not `$(free_port)`: a subshell
 #                             could not advance NEXT_PORT, and every call would return the same port.
@@ -20,3 +24,16 @@ wait_port() {
     done
     return 1
 }
+
+start_work() {
+    WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+    PIDS=()
+    trap stop_work EXIT
+    trap "exit 130" INT TERM
+}
+stop_work() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "${KEEP_WORK:-0}" = 1 ]; then echo "logs and data kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -42,15 +42,8 @@ while [ $# -gt 0 ]; do
 done
 
 REL=target/$PROFILE
-WORK=$(mktemp -d /tmp/kumo-vs-memcached.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM
+. "$ROOT/perf/ports.sh"
+start_work kumo-vs-memcached
 
 log() { echo "== $*" >&2; }
 
@@ -63,7 +56,6 @@ if [ "$BUILD" = 1 ]; then
     cargo build --profile "$PROFILE" --workspace >&2
 fi
 
-. "$ROOT/perf/ports.sh"
 
 # The load generator: memtier_benchmark if installed, else ours. Prints "ops p50_us p99_us".
 # memtier's Totals line is: Totals ops/s hits/s misses/s avg p50 p99 p99.9 KB/s, latencies in ms
