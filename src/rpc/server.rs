@@ -179,6 +179,26 @@ impl Responder {
         }
     }
 
+    /// Sends the response to request `id`, its payload appended by `encode`; an encoding failure
+    /// is answered as an error frame instead.
+    pub fn respond_encoded(
+        &self,
+        id: u64,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) {
+        let mut failed = None;
+        self.respond_with(id, |out| {
+            let start = out.len();
+            if let Err(e) = encode(out) {
+                out.truncate(start);
+                failed = Some(e);
+            }
+        });
+        if let Some(why) = failed {
+            self.respond_error(id, &format!("cannot encode the response: {why}"));
+        }
+    }
+
     /// Sends an error frame: the caller gets [`RpcError::Remote`] with `message`.
     pub fn respond_error(&self, id: u64, message: &str) {
         let _ = self.outbox.push(FrameKind::Error, id, message);
@@ -211,19 +231,7 @@ impl Responder {
         state.in_flight.set(state.in_flight.get() + 1);
         runtime::spawn(async move {
             match future.await {
-                Ok(response) => {
-                    let mut failed = None;
-                    state.respond_with(id, |out| {
-                        let start = out.len();
-                        if let Err(e) = encode(out, &response) {
-                            out.truncate(start);
-                            failed = Some(e);
-                        }
-                    });
-                    if let Some(why) = failed {
-                        state.respond_error(id, &format!("cannot encode the response: {why}"));
-                    }
-                }
+                Ok(response) => state.respond_encoded(id, |out| encode(out, &response)),
                 Err(message) => state.respond_error(id, &message),
             }
             state.answered();

@@ -245,17 +245,9 @@ fn ack(applied: u32, stale: u32) -> ReplicationResponse {
 
 /// Answers request `id` at once.
 fn respond_now(responder: &Responder, id: u64, response: &ReplicationResponse) {
-    let mut failed = None;
-    responder.respond_with(id, |out| {
-        let start = out.len();
-        if let Err(e) = rmp_serde::encode::write(out, response) {
-            out.truncate(start);
-            failed = Some(e);
-        }
+    responder.respond_encoded(id, |out| {
+        rmp_serde::encode::write(out, response).map_err(|e| e.to_string())
     });
-    if let Some(e) = failed {
-        responder.respond_error(id, &format!("cannot encode the response: {e}"));
-    }
 }
 
 /// Answers request `id` from a task of its own, with what `response` resolves to.
