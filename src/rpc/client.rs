@@ -173,6 +173,31 @@ impl<Req: Serialize, Resp: DeserializeOwned + 'static> RpcClient<Req, Resp> {
         request: &Req,
         limit: Duration,
     ) -> Result<Resp, RpcError> {
+        self.call_pushing(limit, |outbox, id| {
+            outbox.push(FrameKind::Request, id, request)
+        })
+        .await
+    }
+
+    /// [`RpcClient::call_with_timeout`] for a request already encoded (a `Req` as rmp-serde would
+    /// write it, e.g. by [`super::replica_codec::ReplicateBuilder`]).
+    pub async fn call_encoded_with_timeout(
+        &self,
+        payload: &[u8],
+        limit: Duration,
+    ) -> Result<Resp, RpcError> {
+        self.call_pushing(limit, |outbox, id| {
+            outbox.push_with(FrameKind::Request, id, |out| out.extend_from_slice(payload))
+        })
+        .await
+    }
+
+    /// A call whose request frame `push` queues with the given id.
+    async fn call_pushing(
+        &self,
+        limit: Duration,
+        push: impl FnOnce(&Outbox, u64) -> Result<(), RpcError>,
+    ) -> Result<Resp, RpcError> {
         let deadline = Instant::now() + limit;
         let conn = match runtime::timeout(limit, self.connection()).await {
             Ok(conn) => conn?,
@@ -181,7 +206,7 @@ impl<Req: Serialize, Resp: DeserializeOwned + 'static> RpcClient<Req, Resp> {
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id.wrapping_add(1));
         let (slot, reply) = reply_slot();
-        conn.outbox.push(FrameKind::Request, id, request)?;
+        push(&conn.outbox, id)?;
         conn.pending.borrow_mut().insert(id, slot);
         // Removes the pending entry however this call ends (timeout, or the caller dropping us).
         let _forget = ForgetOnDrop { conn: &conn, id };

@@ -206,7 +206,7 @@ impl DataResponseRef<'_> {
 
 // ---- encoding ----
 
-fn put_uint(out: &mut Vec<u8>, v: u64) {
+pub(super) fn put_uint(out: &mut Vec<u8>, v: u64) {
     if v < 128 {
         out.push(v as u8);
     } else if v < 256 {
@@ -223,7 +223,7 @@ fn put_uint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
-fn put_bin_len(out: &mut Vec<u8>, len: usize) {
+pub(super) fn put_bin_len(out: &mut Vec<u8>, len: usize) {
     if len < 256 {
         out.extend_from_slice(&[0xc4, len as u8]);
     } else if len < 65536 {
@@ -252,7 +252,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `{name: [` with `fields` array entries to follow.
-fn put_variant(out: &mut Vec<u8>, name: &str, fields: u8) {
+pub(super) fn put_variant(out: &mut Vec<u8>, name: &str, fields: u8) {
     out.push(0x81);
     put_str(out, name);
     out.push(0x90 | fields);

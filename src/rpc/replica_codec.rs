@@ -1,8 +1,12 @@
-//! A hand-written msgpack decoder for the replication hot message, [`ReplicationRequest::Replicate`],
-//! that borrows every key and value from the frame instead of allocating two `Vec`s per record.
-//! The bytes are rmp-serde's (the sender encodes with it; the tests below decode its output), so
-//! this is an optimisation and never a dialect: anything the decoder does not recognise returns
-//! `None` and the caller decodes with rmp-serde, which then answers for the error.
+//! Hand-written msgpack for the replication hot message, [`ReplicationRequest::Replicate`]: a
+//! decoder that borrows every key and value from the frame instead of allocating two `Vec`s per
+//! record, and an encoder that appends one record at a time to a payload being built
+//! ([`ReplicateBuilder`]), so a coordinator queues a write for a replica without owning a copy of
+//! it. The bytes are rmp-serde's (the tests check both directions against it), so this is an
+//! optimisation and never a dialect: anything the decoder does not recognise returns `None` and
+//! the caller decodes with rmp-serde, which then answers for the error. The one liberty the
+//! encoder takes is the record count, always written as an array 32 (`dd`) so it can be filled in
+//! when the payload is complete; msgpack (and rmp-serde) read any length in any width.
 //!
 //! # Layout (rmp-serde's, written out; see [`super::data_codec`] for the integer, bin and string
 //! forms)
@@ -14,7 +18,7 @@
 //!              (a ReplicaRecord, its fields as an array in declaration order; tombstone c2 | c3)
 //! ```
 
-use super::data_codec::Reader;
+use super::data_codec::{put_bin_len, put_uint, put_variant, Reader};
 use super::messages::{ReplicaRecord, ReplicationRequest};
 use super::RpcError;
 
@@ -37,6 +41,85 @@ impl ReplicaRecordRef<'_> {
             hash: self.hash,
             key: self.key.to_vec(),
             value: self.value.to_vec(),
+            flags: self.flags,
+            exptime: self.exptime,
+            version: self.version,
+            tombstone: self.tombstone,
+        }
+    }
+}
+
+/// A `Replicate` payload being built record by record: the variant header and a count filled in
+/// by [`ReplicateBuilder::finish`].
+#[derive(Debug)]
+pub struct ReplicateBuilder {
+    payload: Vec<u8>,
+    count: u32,
+}
+
+/// Where the array 32 count sits in a payload started by [`ReplicateBuilder::new`]: after
+/// `81 a9 "Replicate" 91 dd`.
+const COUNT_AT: usize = 2 + 9 + 1 + 1;
+
+impl ReplicateBuilder {
+    pub fn new() -> Self {
+        let mut payload = Vec::with_capacity(4096);
+        put_variant(&mut payload, "Replicate", 1);
+        payload.extend_from_slice(&[0xdd, 0, 0, 0, 0]);
+        debug_assert_eq!(payload.len(), COUNT_AT + 4);
+        ReplicateBuilder { payload, count: 0 }
+    }
+
+    /// Appends one record (`97 hash bin(key) bin(value) flags exptime version tombstone`).
+    pub fn push(&mut self, record: &ReplicaRecordRef<'_>) {
+        let out = &mut self.payload;
+        out.push(0x97);
+        put_uint(out, record.hash);
+        put_bin_len(out, record.key.len());
+        out.extend_from_slice(record.key);
+        put_bin_len(out, record.value.len());
+        out.extend_from_slice(record.value);
+        put_uint(out, u64::from(record.flags));
+        put_uint(out, u64::from(record.exptime));
+        put_uint(out, record.version);
+        out.push(if record.tombstone { 0xc3 } else { 0xc2 });
+        self.count += 1;
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of the payload so far.
+    pub fn bytes(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// The complete payload.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.payload[COUNT_AT..COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
+        self.payload
+    }
+}
+
+impl Default for ReplicateBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplicaRecord {
+    /// This record, borrowed (for [`ReplicateBuilder::push`]).
+    pub fn as_ref(&self) -> ReplicaRecordRef<'_> {
+        ReplicaRecordRef {
+            hash: self.hash,
+            key: &self.key,
+            value: &self.value,
             flags: self.flags,
             exptime: self.exptime,
             version: self.version,
@@ -254,6 +337,28 @@ mod tests {
             let bytes = encode(&replicate(records.clone()));
             let decoded = decode_replicate(&bytes);
             prop_assert_eq!(decoded.as_deref().map(owned), Some(records));
+        }
+
+        /// What the builder writes is what rmp-serde writes, but for the width of the count, and
+        /// both decoders read it back as the same records.
+        #[test]
+        fn the_builder_writes_rmp_serde_bytes(
+            records in proptest::collection::vec(arb_record(), 0..20),
+        ) {
+            let mut builder = ReplicateBuilder::new();
+            for record in &records {
+                builder.push(&record.as_ref());
+            }
+            prop_assert_eq!((builder.len(), builder.is_empty()), (records.len(), records.is_empty()));
+            let built = builder.finish();
+            let serde = encode(&replicate(records.clone()));
+            // rmp-serde's count: 9n for n < 16, dc n:u16 beyond; the builder's is dd n:u32.
+            let serde_count_len = if records.len() < 16 { 1 } else { 3 };
+            prop_assert_eq!(&built[..COUNT_AT - 1], &serde[..COUNT_AT - 1]);
+            prop_assert_eq!(&built[COUNT_AT + 4..], &serde[COUNT_AT - 1 + serde_count_len..]);
+            prop_assert_eq!(decode_replicate(&built).as_deref().map(owned), Some(records.clone()));
+            let by_serde: ReplicationRequest = rmp_serde::from_slice(&built).unwrap();
+            prop_assert_eq!(by_serde, replicate(records));
         }
 
         /// A cut batch is an error (never a panic, never a shorter batch).

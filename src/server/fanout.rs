@@ -19,13 +19,15 @@
 //! replication backlog for that peer ([`super::backlog`]), exactly as a single write did.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::replication::{call_with_retries, WRITE_CALL_TIMEOUT};
 use super::shard::Shard;
-use crate::rpc::messages::{DataResponse, ReplicaRecord, ReplicationRequest};
+use crate::rpc::messages::DataResponse;
+use crate::rpc::replica_codec::{self, ReplicaRecordRef, ReplicateBuilder};
 use crate::rpc::sync::SlotSender;
 use crate::rpc::LaterAnswer;
 use crate::runtime;
@@ -85,12 +87,48 @@ impl Hasher for PeerHasher {
     }
 }
 
+/// The records queued for one peer shard, already encoded: a write is copied once into each of its
+/// replicas' queues as the bytes of the call that will carry it, so queueing it allocates nothing
+/// per record and sending a batch encodes nothing.
 #[derive(Default)]
 struct Queue {
-    records: RefCell<Vec<ReplicaRecord>>,
-    waiters: RefCell<Vec<Rc<WriteAcks>>>,
+    /// Calls waiting to be sent, oldest first; records join the last until it is full.
+    batches: RefCell<VecDeque<Batch>>,
     /// A flusher task runs for this queue.
     flushing: Cell<bool>,
+}
+
+/// One `Replicate` call in the making and the writes it carries, in the same order.
+#[derive(Default)]
+struct Batch {
+    records: ReplicateBuilder,
+    waiters: Vec<Rc<WriteAcks>>,
+}
+
+impl Queue {
+    fn push(&self, record: &ReplicaRecordRef<'_>, acks: Rc<WriteAcks>) {
+        let mut batches = self.batches.borrow_mut();
+        if batches.back().is_none_or(Batch::is_full) {
+            batches.push_back(Batch::default());
+        }
+        if let Some(open) = batches.back_mut() {
+            open.records.push(record);
+            open.waiters.push(acks);
+        }
+    }
+
+    /// The oldest batch, if any.
+    fn take_batch(&self) -> Option<Batch> {
+        self.batches.borrow_mut().pop_front()
+    }
+}
+
+impl Batch {
+    /// No record joins a batch of [`MAX_RECORDS`] records or of [`MAX_BYTES`] bytes (so the first
+    /// record always goes, whatever its size).
+    fn is_full(&self) -> bool {
+        self.records.len() >= MAX_RECORDS || self.records.bytes() >= MAX_BYTES
+    }
 }
 
 /// Who learns how one write's replication went, once every replica answered.
@@ -177,7 +215,7 @@ pub(crate) fn enqueue(
     shard: &Rc<Shard>,
     peer: SocketAddr,
     peer_shard: usize,
-    record: ReplicaRecord,
+    record: &ReplicaRecordRef<'_>,
     acks: Rc<WriteAcks>,
 ) {
     let queue = shard
@@ -187,65 +225,48 @@ pub(crate) fn enqueue(
         .entry((peer, peer_shard))
         .or_default()
         .clone();
-    queue.records.borrow_mut().push(record);
-    queue.waiters.borrow_mut().push(acks);
+    queue.push(record, acks);
     if !queue.flushing.replace(true) {
         runtime::spawn(flush(shard.clone(), peer, peer_shard, queue));
     }
 }
 
-/// Sends the queue's records, a batch per call, until it is empty.
+/// Sends the queue's batches, one call at a time, until it is empty.
 async fn flush(shard: Rc<Shard>, peer: SocketAddr, peer_shard: usize, queue: Rc<Queue>) {
     // Let the writes made runnable by the same read queue up first.
     runtime::yield_now().await;
-    loop {
-        let (records, waiters) = take_batch(&queue);
-        if records.is_empty() {
-            queue.flushing.set(false);
-            return;
-        }
-        let request = ReplicationRequest::Replicate { records };
-        let answer = super::replication::call_with_retries(
-            &shard,
-            peer,
-            peer_shard,
-            &request,
-            super::replication::WRITE_CALL_TIMEOUT,
-        )
-        .await;
-        if let (Err(_), ReplicationRequest::Replicate { records }) = (&answer, request) {
-            for record in records {
-                super::backlog::enqueue(&shard, peer, record);
-            }
+    while let Some(Batch { records, waiters }) = queue.take_batch() {
+        let payload = records.finish();
+        let answer =
+            call_with_retries(&shard, peer, peer_shard, &payload, WRITE_CALL_TIMEOUT).await;
+        if answer.is_err() {
+            to_backlog(&shard, peer, &payload);
         }
         for waiter in waiters {
             waiter.answer(&answer);
         }
     }
+    queue.flushing.set(false);
 }
 
-/// The oldest records of the queue that fit one call, with their waiters.
-fn take_batch(queue: &Queue) -> (Vec<ReplicaRecord>, Vec<Rc<WriteAcks>>) {
-    let mut records = queue.records.borrow_mut();
-    let mut waiters = queue.waiters.borrow_mut();
-    let (mut count, mut bytes) = (0, 0);
-    while count < records.len() && count < MAX_RECORDS && (count == 0 || bytes < MAX_BYTES) {
-        bytes += records[count].key.len() + records[count].value.len();
-        count += 1;
-    }
-    if count == records.len() {
-        (std::mem::take(&mut *records), std::mem::take(&mut *waiters))
-    } else {
-        (
-            records.drain(..count).collect(),
-            waiters.drain(..count).collect(),
-        )
+/// The records of a failed call go to the peer's replication backlog, read back from the call.
+fn to_backlog(shard: &Rc<Shard>, peer: SocketAddr, payload: &[u8]) {
+    match replica_codec::decode_replicate(payload) {
+        Some(records) => {
+            for record in records {
+                super::backlog::enqueue(shard, peer, record.to_owned());
+            }
+        }
+        None => {
+            crate::warn!("a failed replication call to {peer} could not be read back");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::messages::ReplicaRecord;
     use crate::rpc::sync::{reply_slot, SlotReceiver};
 
     fn record(key: &str, value_len: usize) -> ReplicaRecord {
@@ -265,11 +286,7 @@ mod tests {
         let mut receivers = Vec::new();
         for r in records {
             let (tx, rx) = reply_slot();
-            queue.records.borrow_mut().push(r);
-            queue
-                .waiters
-                .borrow_mut()
-                .push(WriteAcks::new(1, Outcome::Slot(tx)));
+            queue.push(&r.as_ref(), WriteAcks::new(1, Outcome::Slot(tx)));
             receivers.push(rx);
         }
         (queue, receivers)
@@ -305,12 +322,20 @@ mod tests {
         );
     }
 
+    /// The keys of the next batch, checked to have one waiter per record.
+    fn next_batch(queue: &Queue) -> Option<Vec<Vec<u8>>> {
+        let Batch { records, waiters } = queue.take_batch()?;
+        let payload = records.finish();
+        let records = replica_codec::decode_replicate(&payload).unwrap();
+        assert_eq!(records.len(), waiters.len());
+        Some(records.iter().map(|r| r.key.to_vec()).collect())
+    }
+
     #[test]
     fn a_batch_takes_everything_that_fits() {
         let (queue, _rx) = queue_of((0..10).map(|i| record(&i.to_string(), 10)).collect());
-        let (records, waiters) = take_batch(&queue);
-        assert_eq!((records.len(), waiters.len()), (10, 10));
-        assert!(queue.records.borrow().is_empty() && queue.waiters.borrow().is_empty());
+        assert_eq!(next_batch(&queue).map(|keys| keys.len()), Some(10));
+        assert_eq!(next_batch(&queue), None);
     }
 
     #[test]
@@ -320,13 +345,12 @@ mod tests {
                 .map(|i| record(&i.to_string(), 1))
                 .collect(),
         );
-        let (records, waiters) = take_batch(&queue);
-        assert_eq!((records.len(), waiters.len()), (MAX_RECORDS, MAX_RECORDS));
-        assert_eq!(records[0].key, b"0");
-        assert_eq!(queue.records.borrow().len(), 5);
+        let first = next_batch(&queue).unwrap();
+        assert_eq!((first.len(), &first[0][..]), (MAX_RECORDS, &b"0"[..]));
+        let rest = next_batch(&queue).unwrap();
         assert_eq!(
-            queue.records.borrow()[0].key,
-            MAX_RECORDS.to_string().as_bytes()
+            (rest.len(), &rest[0][..]),
+            (5, MAX_RECORDS.to_string().as_bytes())
         );
     }
 
@@ -334,11 +358,24 @@ mod tests {
     fn a_batch_stops_at_the_byte_limit_but_always_takes_one_record() {
         let big = MAX_BYTES / 2 + 1;
         let (queue, _rx) = queue_of(vec![record("a", big), record("b", big), record("c", 1)]);
-        assert_eq!(take_batch(&queue).0.len(), 2);
-        assert_eq!(take_batch(&queue).0.len(), 1);
+        assert_eq!(next_batch(&queue).unwrap().len(), 2);
+        assert_eq!(next_batch(&queue).unwrap().len(), 1);
         let (queue, _rx) = queue_of(vec![record("huge", MAX_BYTES * 2), record("x", 1)]);
-        assert_eq!(take_batch(&queue).0.len(), 1);
-        assert_eq!(take_batch(&queue).0.len(), 1);
-        assert!(take_batch(&queue).0.is_empty());
+        assert_eq!(next_batch(&queue).unwrap().len(), 1);
+        assert_eq!(next_batch(&queue).unwrap().len(), 1);
+        assert_eq!(next_batch(&queue), None);
+    }
+
+    #[test]
+    fn records_queued_while_a_batch_is_out_form_the_next() {
+        let (queue, _rx) = queue_of(vec![record("a", 1)]);
+        let out = queue.take_batch().unwrap();
+        let (tx, _rx2) = reply_slot();
+        queue.push(
+            &record("b", 1).as_ref(),
+            WriteAcks::new(1, Outcome::Slot(tx)),
+        );
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(next_batch(&queue), Some(vec![b"b".to_vec()]));
     }
 }

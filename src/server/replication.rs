@@ -34,7 +34,7 @@ use crate::ring::{core_of, key_hash};
 use crate::rpc::messages::{
     ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
 };
-use crate::rpc::replica_codec::{self, DecodedReplication, ReplicaRecordRef};
+use crate::rpc::replica_codec::{self, DecodedReplication, ReplicaRecordRef, ReplicateBuilder};
 use crate::rpc::sync::reply_slot;
 use crate::rpc::{ClientConfig, Hello, Responder, RpcClient};
 use crate::runtime;
@@ -123,19 +123,12 @@ pub(crate) fn replicate_then(
     shard: &Rc<Shard>,
     routing: &RoutingSnapshot,
     targets: &[SocketAddr],
-    mut record: ReplicaRecord,
+    record: &ReplicaRecordRef<'_>,
     outcome: Outcome,
 ) {
-    let hash = record.hash;
     let acks = WriteAcks::new(targets.len(), outcome);
-    for (i, &peer) in targets.iter().enumerate() {
-        // The last target takes the record itself.
-        let record = if i + 1 == targets.len() {
-            std::mem::take(&mut record)
-        } else {
-            record.clone()
-        };
-        let peer_shard = core_of(hash, routing.shards_of(&peer));
+    for &peer in targets {
+        let peer_shard = core_of(record.hash, routing.shards_of(&peer));
         super::fanout::enqueue(shard, peer, peer_shard, record, acks.clone());
     }
 }
@@ -148,7 +141,7 @@ pub(crate) async fn replicate(
     record: ReplicaRecord,
 ) -> Result<(), String> {
     let (tx, rx) = reply_slot();
-    replicate_then(shard, routing, targets, record, Outcome::Slot(tx));
+    replicate_then(shard, routing, targets, &record.as_ref(), Outcome::Slot(tx));
     rx.await
         .unwrap_or_else(|| Err("replication queue dropped the write".into()))
 }
@@ -161,19 +154,22 @@ pub(crate) async fn send_records(
     records: &[ReplicaRecord],
     limit: Duration,
 ) -> Result<(), String> {
-    let request = ReplicationRequest::Replicate {
-        records: records.to_vec(),
-    };
-    call_with_retries(shard, peer, peer_shard, &request, limit).await
+    let mut batch = ReplicateBuilder::new();
+    for record in records {
+        batch.push(&record.as_ref());
+    }
+    let payload = batch.finish();
+    call_with_retries(shard, peer, peer_shard, &payload, limit).await
 }
 
-/// Makes `request` to `peer_shard` on `peer`, up to [`ATTEMPTS`] times, each within `limit`, until
-/// it is acknowledged.
+/// Makes the request `payload` (a [`ReplicationRequest`] as rmp-serde encodes it, e.g. built by
+/// [`ReplicateBuilder`]) to `peer_shard` on `peer`, up to [`ATTEMPTS`] times, each within `limit`,
+/// until it is acknowledged.
 pub(crate) async fn call_with_retries(
     shard: &Rc<Shard>,
     peer: SocketAddr,
     peer_shard: usize,
-    request: &ReplicationRequest,
+    payload: &[u8],
     limit: Duration,
 ) -> Result<(), String> {
     let client = shard.peers.get(shard.me(), peer, peer_shard);
@@ -182,7 +178,7 @@ pub(crate) async fn call_with_retries(
         if attempt > 0 {
             runtime::sleep(Duration::from_millis(30 * u64::from(attempt))).await;
         }
-        match client.call_with_timeout(request, limit).await {
+        match client.call_encoded_with_timeout(payload, limit).await {
             Ok(ReplicationResponse::Ack { .. }) => return Ok(()),
             Ok(ReplicationResponse::Error(e)) => last = format!("{peer}: {e}"),
             Ok(other) => last = format!("{peer}: unexpected answer {other:?}"),
