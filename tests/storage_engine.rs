@@ -528,3 +528,47 @@ fn visit_record_hands_out_a_key_as_a_copy_would_send_it() {
     assert_eq!(owned(&e, b"d"), None);
     assert!(e.visit_record(b"", |_| ()).is_err());
 }
+
+#[test]
+fn a_held_lookup_is_reused_only_while_the_index_still_points_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    e.put(b"k", b"one", 0, 0, 1).unwrap();
+    let held = e.held(b"k").unwrap();
+    assert_eq!(held.version(), Some(1));
+    e.put_held(held, b"k", b"two", 0, 0, 2).unwrap();
+    assert_eq!(value(&mut e, b"k"), Some(b"two".to_vec()));
+
+    // Stale: the key was written again after the lookup; the write still replaces, not adds.
+    let stale = e.held(b"k").unwrap();
+    e.put(b"k", b"three", 0, 0, 3).unwrap();
+    e.put_held(stale, b"k", b"four", 0, 0, 4).unwrap();
+    // Absent when looked up, written before the held put.
+    let absent = e.held(b"new").unwrap();
+    assert_eq!(absent.version(), None);
+    e.put(b"new", b"x", 0, 0, 5).unwrap();
+    e.put_held(absent, b"new", b"y", 0, 0, 6).unwrap();
+    // Moved by compaction between the lookup and the put.
+    let moved = e.held(b"new").unwrap();
+    for i in 0..200u32 {
+        e.put(b"churn", &i.to_be_bytes(), 0, 0, 10 + u64::from(i))
+            .unwrap();
+    }
+    compact_until_idle(&mut e);
+    e.put_held(moved, b"new", b"z", 0, 0, 500).unwrap();
+
+    assert_eq!(value(&mut e, b"k"), Some(b"four".to_vec()));
+    assert_eq!(value(&mut e, b"new"), Some(b"z".to_vec()));
+    let mut keys = Vec::new();
+    e.for_each(true, |entry| {
+        keys.push(entry.key.to_vec());
+        true
+    })
+    .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![b"churn".to_vec(), b"k".to_vec(), b"new".to_vec()]
+    );
+    assert_eq!(e.len(), 3);
+}

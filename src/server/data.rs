@@ -43,7 +43,7 @@ use crate::rpc::messages::{
     Arith, DataRequest, DataResponse, ReplicaRecord, RoutingSnapshot, WriteOp,
 };
 use crate::rpc::{LaterAnswer, Responder};
-use crate::storage::{Engine, IncrOutcome, Item, StorageError, WriteOutcome};
+use crate::storage::{Engine, Held, IncrOutcome, Item, StorageError, WriteOutcome};
 
 /// Answers one request frame of a gateway connection. A get of a key of this shard is answered
 /// inline, its response appended to the connection's output at once (no task, no future: the
@@ -121,11 +121,17 @@ fn replicate_and_answer(shard: &Rc<Shard>, later: LaterAnswer, applied: Applied)
         noreply,
     } = applied;
     if noreply {
-        super::replication::replicate_then(shard, &routing, &targets, record, Outcome::Log);
+        super::replication::replicate_then(
+            shard,
+            &routing,
+            &targets,
+            &record.as_ref(),
+            Outcome::Log,
+        );
         return answer_replicated(later, response, Ok(()));
     }
     let outcome = Outcome::Respond(later, response);
-    super::replication::replicate_then(shard, &routing, &targets, record, outcome);
+    super::replication::replicate_then(shard, &routing, &targets, &record.as_ref(), outcome);
 }
 
 /// Answers a write once its replication is over (see [`replicate_and_answer`]).
@@ -331,12 +337,12 @@ pub(crate) fn begin_write(
             routing_version: routing.epoch,
         });
     }
-    let held = match shard.store.engine().stored_version(write.key) {
-        Ok(held) => held,
+    let (held, stored) = match shard.store.engine().held(write.key) {
+        Ok(held) => (held, held.version()),
         Err(e) => return Begun::Done(DataResponse::Error(e.to_string())),
     };
     if pull != PullCheck::Done {
-        let sources = super::pull::sources(&routing, hash, me, write.op, held.is_some());
+        let sources = super::pull::sources(&routing, hash, me, write.op, stored.is_some());
         if !sources.is_empty() {
             return match pull {
                 PullCheck::Failed(why) => Begun::Done(DataResponse::Error(why.to_string())),
@@ -355,11 +361,11 @@ pub(crate) fn begin_write(
         Err(why) => return Begun::Done(DataResponse::Error(why)),
     };
     // Stamp above the key's stored version (value or tombstone), whatever clock stamped it.
-    if let Some(stored) = held {
+    if let Some(stored) = stored {
         shard.observe_version(stored);
     }
     let version = shard.next_version();
-    let applied = apply_write(&mut shard.store.engine(), hash, write, version);
+    let applied = apply_write(&mut shard.store.engine(), hash, write, version, Some(held));
     match applied {
         Ok((response, Some(record))) => Begun::Applied(Applied {
             response,
@@ -386,7 +392,13 @@ pub(crate) async fn finish_write(shard: &Rc<Shard>, applied: Applied) -> DataRes
         return DataResponse::Error(format!("storage sync failed: {e}"));
     }
     if noreply {
-        super::replication::replicate_then(shard, &routing, &targets, record, Outcome::Log);
+        super::replication::replicate_then(
+            shard,
+            &routing,
+            &targets,
+            &record.as_ref(),
+            Outcome::Log,
+        );
         return response;
     }
     match super::replication::replicate(shard, &routing, &targets, record).await {
@@ -395,7 +407,8 @@ pub(crate) async fn finish_write(shard: &Rc<Shard>, applied: Applied) -> DataRes
     }
 }
 
-/// Applies one write to `engine` stamped `version`. Returns the answer for the client and, when
+/// Applies one write to `engine` stamped `version` (a set reuses the lookup `held`, if given, see
+/// [`Engine::put_held`]). Returns the answer for the client and, when
 /// something was written, the record to replicate (the full resulting record, so replicas never need
 /// the old value: append, incr and touch replicate their outcome). Every op is one step on one
 /// shard, so its conditions (a CAS, a missing key) cannot change between the check and the write.
@@ -404,6 +417,7 @@ pub fn apply_write(
     hash: u64,
     write: &Write<'_>,
     version: u64,
+    held: Option<Held>,
 ) -> Result<(DataResponse, Option<ReplicaRecord>), StorageError> {
     let key = write.key;
     let record_of = |item: Item| ReplicaRecord {
@@ -439,7 +453,10 @@ pub fn apply_write(
     let (value, flags, exptime) = (write.value, write.flags, write.exptime);
     let outcome = match &write.op {
         WriteOp::Set => {
-            engine.put(key, value, flags, exptime, version)?;
+            match held {
+                Some(held) => engine.put_held(held, key, value, flags, exptime, version)?,
+                None => engine.put(key, value, flags, exptime, version)?,
+            }
             WriteOutcome::Stored
         }
         WriteOp::Add => engine.add(key, value, flags, exptime, version)?,

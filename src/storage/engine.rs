@@ -34,6 +34,17 @@ pub(crate) struct Found {
     pub header: Header,
 }
 
+/// A key's record as one lookup found it (see [`Engine::held`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Held(Option<Found>);
+
+impl Held {
+    /// The version of the record (value or tombstone, flushed or expired or not), if there is one.
+    pub fn version(&self) -> Option<u64> {
+        self.0.map(|found| found.header.version)
+    }
+}
+
 /// Which tombstones garbage collection may drop (see [`Engine::collect_tombstones`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TombstoneGc {
@@ -593,8 +604,35 @@ impl Engine {
     /// The version of `key`'s current record, value or tombstone, flushed or expired or not
     /// (`None` if the index has none). A coordinator stamps a write above it.
     pub fn stored_version(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        Ok(self.held(key)?.version())
+    }
+
+    /// `key`'s current record as [`Engine::stored_version`] sees it, kept for a
+    /// [`Engine::put_held`] that follows, so a coordinator's set looks the key up once.
+    pub fn held(&self, key: &[u8]) -> Result<Held, StorageError> {
         self.check_key(key)?;
-        Ok(self.find(key)?.map(|found| found.header.version))
+        Ok(Held(self.find(key)?))
+    }
+
+    /// [`Engine::put`] of the key `held` was taken for. The lookup is reused only if the index
+    /// still points where it did (no write, compaction step or growth moved it since); otherwise,
+    /// and for a key that had no record, the key is looked up again.
+    pub fn put_held(
+        &mut self,
+        held: Held,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expiry: u32,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        self.check_key(key)?;
+        self.check_value(value.len())?;
+        let old = match held.0 {
+            Some(found) if self.index.holds(found.pos, found.slot) => Some(found),
+            _ => self.find(key)?,
+        };
+        self.write(old, Kind::Value, key, value, version, flags, expiry)
     }
 
     /// Hands `key`'s current record to `visit` as a rebalance copy would send it (see

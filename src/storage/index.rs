@@ -218,6 +218,11 @@ impl Index {
     pub fn get(&self, pos: usize) -> Slot {
         self.slots[pos]
     }
+
+    /// Whether position `pos` still holds exactly `slot` (`false` past the end).
+    pub fn holds(&self, pos: usize, slot: Slot) -> bool {
+        self.slots.get(pos) == Some(&slot)
+    }
     /// Overwrites an occupied slot with a record of the same key.
     pub fn replace(&mut self, pos: usize, slot: Slot) {
         debug_assert!(!self.slots[pos].is_empty() && !slot.is_empty());

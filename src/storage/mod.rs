@@ -39,7 +39,7 @@ use std::time::Duration;
 pub use batch::{NewerCounts, NewerRecord};
 pub use compact::CompactProgress;
 pub use durability::SyncRound;
-pub use engine::{Engine, Entry, TombstoneGc};
+pub use engine::{Engine, Entry, Held, TombstoneGc};
 pub use ops::{IncrOutcome, WriteOutcome};
 pub use recovery::{RecoveryReport, SnapshotImage};
 pub use shard::ShardStore;
