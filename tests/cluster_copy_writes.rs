@@ -66,6 +66,17 @@ fn conditional_writes_during_a_copy_see_the_keys_not_copied_yet() {
     );
     // The keys the new server coordinates under the new (write) table: the old servers hold them,
     // the new one gets them only when the copy reaches them.
+    // Polled: `routing` answers an empty table when a call fails (seen once under a loaded
+    // `make test`), and an empty table would read as "no copy phase".
+    wait_or(
+        "the manager to hand out the copy phase's tables",
+        Duration::from_secs(30),
+        || cluster.logs(),
+        || {
+            let snapshot = routing(manager);
+            !snapshot.write.nodes().is_empty() && snapshot.read != snapshot.write
+        },
+    );
     let snapshot = routing(manager);
     assert!(snapshot.read != snapshot.write, "the copy phase runs");
     // Every server routes with the copy phase's tables (an old coordinator that does not yet
