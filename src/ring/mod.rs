@@ -12,7 +12,8 @@
 //! the first of them, which stamps versions and replicates writes.
 //!
 //! The manager publishes versioned [`RoutingTable`]s; during a rebalance writes follow the new table and
-//! reads the old one ([`Routing`], kumofs's whs/rhs). Everything here is pure and deterministic: the same
+//! reads the old one (kumofs's whs/rhs, carried together in [`crate::rpc::messages::RoutingSnapshot`]).
+//! Everything here is pure and deterministic: the same
 //! node list gives the same placement in every process, whatever the order of the list.
 
 mod consistent;
@@ -21,4 +22,4 @@ mod routing;
 
 pub use consistent::{Assignment, Ring, RingError, MAX_NODES, REPLICAS, VNODES_PER_SERVER};
 pub use hash::{core_of, key_hash, vnode_position};
-pub use routing::{NodeId, NodeState, Routing, RoutingTable};
+pub use routing::{NodeId, NodeState, RoutingTable};

@@ -105,39 +105,6 @@ impl RoutingTable {
     }
 }
 
-/// The pair of tables a process routes with: writes follow `write` (kumofs's whs), reads follow `read`
-/// (rhs). They differ only while a rebalance copies data to the servers of the new table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Routing {
-    pub write: RoutingTable,
-    pub read: RoutingTable,
-}
-
-impl Routing {
-    /// Both tables the same: the steady state.
-    pub fn settled(table: RoutingTable) -> Self {
-        Routing {
-            write: table.clone(),
-            read: table,
-        }
-    }
-
-    /// True while a rebalance is in progress (the write table is ahead of the read table).
-    pub fn is_rebalancing(&self) -> bool {
-        self.write.version != self.read.version || self.write.nodes() != self.read.nodes()
-    }
-
-    /// Where a write of `hash` goes: the coordinator under the write table.
-    pub fn write_coordinator(&self, hash: u64) -> Option<SocketAddr> {
-        self.write.coordinator(hash)
-    }
-
-    /// Where a read of `hash` goes: the coordinator under the read table.
-    pub fn read_coordinator(&self, hash: u64) -> Option<SocketAddr> {
-        self.read.coordinator(hash)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,27 +143,21 @@ mod tests {
     }
 
     #[test]
-    fn rebalancing_is_a_difference_of_tables() {
-        let old = RoutingTable::new(1, nodes()[..2].to_vec()).unwrap();
-        let new = RoutingTable::new(2, nodes()).unwrap();
-        assert!(!Routing::settled(old.clone()).is_rebalancing());
-        let routing = Routing {
-            write: new,
-            read: old,
-        };
-        assert!(routing.is_rebalancing());
-        assert_eq!(routing.read.state_of(&nodes()[1].0), Some(NodeState::Fault));
-        assert_eq!(routing.read.state_of(&nodes()[2].0), None);
+    fn a_key_moved_by_a_new_table_is_written_by_its_new_owner_and_read_from_the_old() {
+        let (read, write) = (
+            RoutingTable::new(1, nodes()[..2].to_vec()).unwrap(),
+            RoutingTable::new(2, nodes()).unwrap(),
+        );
+        assert_eq!(read.state_of(&nodes()[1].0), Some(NodeState::Fault));
+        assert_eq!(read.state_of(&nodes()[2].0), None);
         assert_eq!(RoutingTable::empty().coordinator(5), None);
-        // A key owned by the new server is written there but still read from the old owners.
         let moved = (0..10_000u64)
             .map(|i| crate::ring::key_hash(&i.to_le_bytes()))
-            .find(|&h| routing.write.coordinator(h) == Some(nodes()[2].0))
+            .find(|&h| write.coordinator(h) == Some(nodes()[2].0))
             .unwrap();
-        assert_eq!(routing.write_coordinator(moved), Some(nodes()[2].0));
-        assert_eq!(routing.read_coordinator(moved), Some(nodes()[0].0));
-        assert!(routing.write.is_assigned(moved, &nodes()[2].0));
-        assert!(!routing.read.is_assigned(moved, &nodes()[2].0));
-        assert!(routing.read.is_assigned(moved, &nodes()[1].0));
+        assert_eq!(read.coordinator(moved), Some(nodes()[0].0));
+        assert!(write.is_assigned(moved, &nodes()[2].0));
+        assert!(!read.is_assigned(moved, &nodes()[2].0));
+        assert!(read.is_assigned(moved, &nodes()[1].0));
     }
 }
