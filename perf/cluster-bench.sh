@@ -107,7 +107,7 @@ if "$REL/kumo-manager" --help 2>&1 | grep -q -- --state-dir; then
 fi
 taskset -c "$SERVER_CPU" "$REL/kumo-manager" -v -l "$MGR" "${MGR_ARGS[@]}" >"$WORK/manager.log" 2>&1 &
 PIDS+=($!)
-wait_port "${MGR##*:}" $! 10 || { echo "manager did not come up" >&2; exit 1; }
+up_or_die manager "${MGR##*:}" $! "$WORK/manager.log"
 SERVERS=()
 start_server() { # N
     local port stream
@@ -117,7 +117,7 @@ start_server() { # N
     taskset -c "$SERVER_CPU" "$REL/kumo-server" -v -l "127.0.0.1:$port" -L "$stream" -m "$MGR" \
         -s "$WORK/server$1" --cpus "$SERVER_CPU" "${extra[@]}" >"$WORK/server$1.log" 2>&1 &
     PIDS+=($!)
-    wait_port "$port" $! 10 || { echo "server $1 did not come up" >&2; exit 1; }
+    up_or_die "server $1" "$port" $! "$WORK/server$1.log"
     SERVERS+=("127.0.0.1:$port")
 }
 # settled N: true once N servers are ready, see no rebalance and route with equal tables.
@@ -150,7 +150,8 @@ free_port; GW_TEXT=$PORT; free_port; GW_BIN=$PORT
 taskset -c "$SERVER_CPU" "$REL/kumo-gateway" -m "$MGR" -t "127.0.0.1:$GW_TEXT" \
     -b "127.0.0.1:$GW_BIN" --cpus "$SERVER_CPU" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
-wait_port "$GW_TEXT" $! 10 && wait_port "$GW_BIN" $! 10 || { echo "gateway did not come up" >&2; exit 1; }
+up_or_die gateway "$GW_TEXT" $! "$WORK/gateway.log"
+up_or_die gateway "$GW_BIN" $! "$WORK/gateway.log"
 TARGET=kumofs
 if [ "$SKIP_WRITES" = 0 ]; then
     log "kumofs (3 servers, 3 copies): set-only pipeline 16"

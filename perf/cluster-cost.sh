@@ -51,14 +51,14 @@ free_port; MGR="127.0.0.1:$PORT"
 mkdir -p "$WORK/manager"
 taskset -c "$SERVER_CPU" "$BIN/kumo-manager" -v -l "$MGR" -s "$WORK/manager" >"$WORK/manager.log" 2>&1 &
 MGR_PID=$!; PIDS+=($MGR_PID)
-wait_port "${MGR##*:}" $MGR_PID 10 || { echo "manager did not come up" >&2; exit 1; }
+up_or_die manager "${MGR##*:}" $MGR_PID "$WORK/manager.log"
 SERVER_PIDS=()
 for n in 1 2 3; do
     free_port; port=$PORT; free_port; stream=$PORT
     taskset -c "$SERVER_CPU" "$BIN/kumo-server" -v -l "127.0.0.1:$port" -L "$stream" -m "$MGR" \
         -s "$WORK/server$n" --cpus "$SERVER_CPU" >"$WORK/server$n.log" 2>&1 &
     PIDS+=($!); SERVER_PIDS+=($!)
-    wait_port "$port" $! 10 || { echo "server $n did not come up" >&2; exit 1; }
+    up_or_die "server $n" "$port" $! "$WORK/server$n.log"
 done
 for ((i = 0; i < 100; i++)); do
     [ "$("$BIN/kumoctl" "$MGR" status 2>/dev/null | grep -c '  127.0.0.1:')" -ge 3 ] && break
@@ -78,7 +78,7 @@ free_port; GW=$PORT
 taskset -c "$SERVER_CPU" "$BIN/kumo-gateway" -m "$MGR" -t "127.0.0.1:$GW" --cpus "$SERVER_CPU" \
     >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!; PIDS+=($GW_PID)
-wait_port "$GW" $GW_PID 10 || { echo "gateway did not come up" >&2; exit 1; }
+up_or_die gateway "$GW" $GW_PID "$WORK/gateway.log"
 bench 2 >/dev/null # every key written once, connections warm
 
 ALL=("${SERVER_PIDS[@]}" "$GW_PID" "$MGR_PID")

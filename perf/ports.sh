@@ -7,6 +7,9 @@
 #   free_port                 sets PORT to a port nothing listens on. Not `$(free_port)`: a subshell
 #                             could not advance NEXT_PORT, and every call would return the same port.
 #   wait_port PORT PID SECS   true once PORT accepts, false if PID died or time ran out
+#   up_or_die NAME PORT PID LOG
+#                             wait_port PORT PID 10, or says NAME did not come up, shows the end
+#                             of its LOG and exits
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 NEXT_PORT=$((20000 + RANDOM % 20000))
@@ -37,3 +40,9 @@ stop_work() {
     if [ "${KEEP_WORK:-0}" = 1 ]; then echo "logs and data kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+up_or_die() {
+    wait_port "$2" "$3" 10 && return 0
+    echo "$1 did not come up (port $2); the end of $4:" >&2
+    tail -n 20 "$4" >&2 2>/dev/null || true
+    exit 1
+}
