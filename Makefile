@@ -1,7 +1,7 @@
 # kumofs-rs: the two commands a new machine needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build release run test test-heavy lint fmt bench clean
+.PHONY: all build release run test test-heavy lint fmt doc bench clean
 
 all: build
 
@@ -36,6 +36,10 @@ test-heavy:
 
 fmt:
 	$(CARGO) fmt --all
+
+# The crate docs, internals included (the module docs are the map of the code).
+doc:
+	$(CARGO) doc --no-deps --workspace --document-private-items
 
 clean:
 	$(CARGO) clean

@@ -55,6 +55,10 @@
 //! | [`runtime`] | glommio executors, shards, listeners |
 //! | [`manager`], [`server`], [`gateway`] | the three daemons |
 
+// The docs describe the internals too (module docs link to private items): `make doc` builds
+// them with --document-private-items.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod cli;
 pub mod cluster;
 pub mod gateway;

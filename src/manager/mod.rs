@@ -1,7 +1,7 @@
 //! kumo-manager: membership and routing, never on the data path.
 //!
 //! The manager is one shard (it is not on the data path, so one core is plenty). It owns a
-//! [`Membership`](crate::cluster::membership::Membership) state machine and feeds it the requests
+//! [`crate::cluster::membership::Membership`] state machine and feeds it the requests
 //! it receives ([`service`]), a tick every [`TICK`], and the partner's state ([`partner`]); what
 //! the machine decides becomes the *routing snapshot* that servers receive in answer to their
 //! keepalives and gateways in answer to their polls, and is written to the state file ([`store`])

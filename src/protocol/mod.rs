@@ -1,7 +1,7 @@
 //! The memcached wire formats kumo-gateway speaks: text (with the 1.6 meta commands), binary, and
 //! async binary ("cloudy": binary framing, replies in completion order, matched by opaque). No I/O,
 //! no storage, no cluster: decoders turn bytes into typed [`Request`]s that borrow from the read
-//! buffer, and [`encode`] turns a dialect-neutral [`Reply`] into bytes appended to a write buffer.
+//! buffer, and [`encode()`] turns a dialect-neutral [`Reply`] into bytes appended to a write buffer.
 //!
 //! The gateway loop this is built for:
 //!

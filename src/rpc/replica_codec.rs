@@ -349,7 +349,8 @@ mod tests {
             for record in &records {
                 builder.push(&record.as_ref());
             }
-            prop_assert_eq!((builder.len(), builder.is_empty()), (records.len(), records.is_empty()));
+            let counted = (builder.len(), builder.is_empty());
+            prop_assert_eq!(counted, (records.len(), records.is_empty()));
             let built = builder.finish();
             let serde = encode(&replicate(records.clone()));
             // rmp-serde's count: 9n for n < 16, dc n:u16 beyond; the builder's is dd n:u32.

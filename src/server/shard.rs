@@ -6,9 +6,10 @@
 //! Every shard listens on the server address (`-l`, SO_REUSEPORT). The first frame of a connection
 //! may be a [`Hello`]: its `target_shard` picks the shard that serves it (the accepting shard hands
 //! the socket over the mesh otherwise), and its `peer` string picks the protocol. A `peer` that starts
-//! with [`REPLICATION_PEER`] marks a server-to-server connection carrying [`ReplicationRequest`]s;
-//! anything else (or no hello at all) is a gateway connection carrying [`DataRequest`]s. One port,
-//! two request enums, chosen once per connection, so the hot path never tries two decoders.
+//! with [`REPLICATION_PEER`] marks a server-to-server connection carrying
+//! [`crate::rpc::messages::ReplicationRequest`]s; anything else (or no hello at all) is a gateway
+//! connection carrying [`DataRequest`]s. One port, two request enums, chosen once per connection,
+//! so the hot path never tries two decoders.
 //!
 //! # Calls between shards
 //!
@@ -69,7 +70,8 @@ pub(crate) enum ShardCall {
     Data(DataRequest),
     /// Replicated records whose keys belong to the callee's core.
     Replicate(Vec<ReplicaRecord>),
-    /// A [`ReplicationRequest::Pull`] of a key of the callee's core; answered with `Replicate`.
+    /// A [`crate::rpc::messages::ReplicationRequest::Pull`] of a key of the callee's core;
+    /// answered with `Replicate`.
     Pull { hash: u64, key: Vec<u8> },
     /// This shard's counters, for `Stats`.
     LocalStats,
