@@ -26,7 +26,8 @@
 //! for another core crosses the mesh as a message. A key's 64-bit hash picks its three servers on
 //! the [`ring`] and, independently, its core on each (`ring::core_of`); a gateway's connection
 //! to a server names the server core it wants in its first frame, so a request lands on the core
-//! that owns its key.
+//! that owns its key. Between processes of one host the connections are Unix sockets rather
+//! than loopback TCP (`runtime::net`, "Local connections").
 //!
 //! # The path of a set
 //!

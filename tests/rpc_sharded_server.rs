@@ -11,7 +11,7 @@ use kumofs::rpc::messages::{DataRequest, DataResponse};
 use kumofs::rpc::{route_by_hello, serve_connection, ClientConfig, Hello, Routed, RpcClient};
 use kumofs::runtime::{
     self, HandedOffStream, Listener, Runtime, RuntimeConfig, ShardContext, Shutdown,
-    ShutdownSignal, TcpStream,
+    ShutdownSignal, Stream,
 };
 
 fn shards(count: usize) -> RuntimeConfig {
@@ -23,7 +23,7 @@ fn shards(count: usize) -> RuntimeConfig {
 }
 
 /// Serves one connection on this shard; `Stats` answers which shard served it.
-fn serve_here(shard: usize, stream: TcpStream, buffered: Vec<u8>, stop: ShutdownSignal) {
+fn serve_here(shard: usize, stream: Stream, buffered: Vec<u8>, stop: ShutdownSignal) {
     let handler = move |request: DataRequest| async move {
         match request {
             DataRequest::Stats => Ok(DataResponse::Stats(vec![(

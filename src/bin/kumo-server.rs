@@ -50,6 +50,11 @@ const SPECS: &[OptSpec] = &[
         "list",
         "CPUs to run one shard on each, e.g. 0,2-3 (default: all); fixed per store",
     ),
+    OptSpec::flag(
+        "",
+        "--no-local-socket",
+        "take connections from this host over TCP only, not over the Unix socket kumofs/ADDR",
+    ),
     OptSpec::value(
         "",
         "--durability",
@@ -219,6 +224,7 @@ fn config_from(parsed: &Parsed) -> Result<ServerConfig, String> {
         gateway,
         copy_rate: (copy_rate_mib * 1024.0 * 1024.0) as u64,
         gc_interval: Duration::from_secs_f64(gc_secs),
+        local_socket: !parsed.flag("no-local-socket"),
     })
 }
 

@@ -23,7 +23,7 @@ use super::frame::{FrameDecoder, FrameKind, Hello};
 use super::outbox::Outbox;
 use super::sync::{reply_slot, SlotSender};
 use super::RpcError;
-use crate::runtime::{self, TcpStream};
+use crate::runtime::{self, Stream};
 
 /// Read size of the response reader.
 const READ_CHUNK: usize = 64 << 10;
@@ -273,7 +273,7 @@ impl<Req: Serialize, Resp: DeserializeOwned + 'static> RpcClient<Req, Resp> {
             .cloned()
     }
 
-    fn start_connection(&self, stream: TcpStream) -> Result<Rc<Connection<Resp>>, RpcError> {
+    fn start_connection(&self, stream: Stream) -> Result<Rc<Connection<Resp>>, RpcError> {
         let conn = Rc::new(Connection {
             outbox: Outbox::default(),
             pending: RefCell::new(HashMap::new()),

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::frame::{FrameDecoder, FrameKind, Hello, LENGTH_PREFIX};
 use super::outbox::Outbox;
 use super::RpcError;
-use crate::runtime::{self, HandedOffStream, TcpStream};
+use crate::runtime::{self, HandedOffStream, Stream};
 
 const READ_CHUNK: usize = 64 << 10;
 
@@ -27,7 +27,9 @@ const READ_CHUNK: usize = 64 << 10;
 ///
 /// Returns the hello (or `None` when the client started with a request) and every byte read past it,
 /// to be passed to [`serve_connection`] on this shard or in a [`crate::runtime::HandedOffStream`].
-pub async fn read_hello(stream: &mut TcpStream) -> Result<(Option<Hello>, Vec<u8>), RpcError> {
+pub async fn read_hello<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Option<Hello>, Vec<u8>), RpcError> {
     let mut decoder = FrameDecoder::new();
     loop {
         let buffered = decoder.buffered();
@@ -55,7 +57,7 @@ pub async fn read_hello(stream: &mut TcpStream) -> Result<(Option<Hello>, Vec<u8
 /// Where a newly accepted connection should be served, decided by its hello.
 pub enum Routed {
     /// Serve it here: pass both to [`serve_connection`].
-    Here(TcpStream, Vec<u8>),
+    Here(Stream, Vec<u8>),
     /// Send it to shard `.0` over the mesh; that shard calls `HandedOffStream::into_stream` and
     /// serves it.
     Elsewhere(usize, HandedOffStream),
@@ -64,10 +66,11 @@ pub enum Routed {
 /// Reads the optional hello of a new connection and decides which shard serves it: the shard the
 /// hello names if it exists, else this one.
 pub async fn route_by_hello(
-    mut stream: TcpStream,
+    stream: impl Into<Stream>,
     this_shard: usize,
     shard_count: usize,
 ) -> Result<Routed, RpcError> {
+    let mut stream = stream.into();
     let (hello, buffered) = read_hello(&mut stream).await?;
     let target = hello
         .and_then(|hello| hello.target_shard)
@@ -91,7 +94,7 @@ pub async fn route_by_hello(
 /// caller gets [`RpcError::Remote`]). A request whose payload does not decode gets an error frame
 /// too; a broken frame stream ends the connection with [`RpcError::Protocol`].
 pub async fn serve_connection<Req, Resp, H, Fut>(
-    stream: TcpStream,
+    stream: impl Into<Stream>,
     buffered: Vec<u8>,
     handler: H,
 ) -> Result<(), RpcError>
@@ -122,14 +125,14 @@ where
 /// from memory: no task, no future) or later from a task it starts with [`Responder::spawn`].
 /// Responses pushed while one read's requests are handled leave together in one write.
 pub async fn serve_frames<F>(
-    stream: TcpStream,
+    stream: impl Into<Stream>,
     buffered: Vec<u8>,
     on_request: F,
 ) -> Result<(), RpcError>
 where
     F: FnMut(u64, &[u8], &Rc<Responder>),
 {
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (mut reader, mut writer) = futures_lite::io::split(stream.into());
     let state = Rc::new(Responder {
         outbox: Outbox::default(),
         in_flight: Cell::new(0),

@@ -50,7 +50,10 @@ mod shutdown;
 mod time;
 
 pub use cpus::{available_cpus, parse_cpu_list, MAX_CPU};
-pub use net::{accept_until, connect, HandedOffStream, Listener, TcpStream};
+pub use net::{
+    accept_local_until, accept_until, connect, HandedOffStream, Listener, LocalListener, Stream,
+    TcpStream,
+};
 pub use ready::Readiness;
 pub use shard::{Runtime, RuntimeConfig, ShardContext};
 pub use shutdown::{Shutdown, ShutdownSignal, POLL_INTERVAL};

@@ -78,7 +78,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::runtime::{self, Listener, Runtime, RuntimeConfig, ShardContext, Shutdown};
+use crate::runtime::{
+    self, Listener, LocalListener, Runtime, RuntimeConfig, ShardContext, Shutdown,
+};
 use crate::storage::{Durability, Engine, ShardStore};
 use shard::{Shard, ShardMsg};
 
@@ -110,6 +112,9 @@ pub struct ServerConfig {
     pub copy_rate: u64,
     /// How often tombstones and other garbage are collected.
     pub gc_interval: Duration,
+    /// Also take connections from gateways and servers on this host over the Unix socket named
+    /// after `listen` (see `runtime::net`); off with `--no-local-socket`.
+    pub local_socket: bool,
 }
 
 /// Opens the store, starts the shards and serves until SIGINT/SIGTERM (or `shutdown`).
@@ -213,8 +218,11 @@ async fn shard_main(
         }
     }
     let stop = shard.ctx.shutdown_signal();
+    if shard.id == 0 && shard.config.local_socket {
+        serve_local(&shard, &listener);
+    }
     while let Some(stream) = runtime::accept_until(&listener, &stop).await {
-        runtime::spawn(shard.clone().route_accepted(stream));
+        runtime::spawn(shard.clone().route_accepted(stream.into()));
     }
     drop(listener);
     if let Err(e) = shard.store.write_snapshot().await {
@@ -225,6 +233,27 @@ async fn shard_main(
     if shard.id == 0 {
         crate::info!("kumo-server {} stopped", shard.me());
     }
+}
+
+/// Takes connections from this host on the Unix socket named after the TCP listener's address
+/// (one shard listens; the hello of each connection picks its shard, as over TCP). Without it,
+/// everything still works over TCP, so a failure to listen is only logged.
+fn serve_local(shard: &Rc<Shard>, tcp: &Listener) {
+    let local = tcp.local_addr().and_then(LocalListener::bind);
+    let local = match local {
+        Ok(local) => local,
+        Err(e) => {
+            crate::warn!("no local socket, connections from this host use TCP: {e}");
+            return;
+        }
+    };
+    let shard = shard.clone();
+    runtime::spawn(async move {
+        let stop = shard.ctx.shutdown_signal();
+        while let Some(stream) = runtime::accept_local_until(&local, &stop).await {
+            runtime::spawn(shard.clone().route_accepted(stream));
+        }
+    });
 }
 
 /// Saves the clock every [`CLOCK_SAVE_INTERVAL`] and collects garbage every `--gc-interval`:

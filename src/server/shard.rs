@@ -34,7 +34,7 @@ use crate::rpc::messages::{
     DataRequest, DataResponse, ReplicaRecord, ReplicationResponse, RoutingSnapshot,
 };
 use crate::rpc::{read_hello, serve_frames, Hello};
-use crate::runtime::{self, HandedOffStream, ShardContext, TcpStream};
+use crate::runtime::{self, HandedOffStream, ShardContext, Stream};
 use crate::storage::ShardStore;
 
 /// Prefix of [`Hello::peer`] that marks a replication connection from another server.
@@ -307,7 +307,7 @@ impl Shard {
     }
 
     /// Reads the hello of a connection this shard accepted and serves it here or hands it over.
-    pub async fn route_accepted(self: Rc<Self>, mut stream: TcpStream) {
+    pub async fn route_accepted(self: Rc<Self>, mut stream: Stream) {
         let (hello, buffered) = match read_hello(&mut stream).await {
             Ok(read) => read,
             Err(_) => return,
@@ -339,7 +339,7 @@ impl Shard {
     }
 
     /// Serves a connection on this shard until it closes or the server shuts down.
-    pub fn serve(self: Rc<Self>, stream: TcpStream, buffered: Vec<u8>, replication: bool) {
+    pub fn serve(self: Rc<Self>, stream: Stream, buffered: Vec<u8>, replication: bool) {
         let stop = self.ctx.shutdown_signal();
         let shard = self;
         runtime::spawn(async move {

@@ -24,18 +24,18 @@ use crate::rpc::messages::{
     ReplicaRecord, ReplicationRequest, ReplicationResponse, RoutingSnapshot,
 };
 use crate::rpc::read_hello;
-use crate::runtime::{self, HandedOffStream, Listener, TcpStream};
+use crate::runtime::{self, HandedOffStream, Listener, Stream};
 
 /// Accepts stream connections until shutdown.
 pub(crate) async fn serve(shard: Rc<Shard>, listener: Listener) {
     let stop = shard.ctx.shutdown_signal();
     while let Some(stream) = runtime::accept_until(&listener, &stop).await {
-        runtime::spawn(route(shard.clone(), stream));
+        runtime::spawn(route(shard.clone(), stream.into()));
     }
 }
 
 /// Reads the hello of a stream connection and serves it on the shard it names.
-async fn route(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn route(shard: Rc<Shard>, mut stream: Stream) {
     let Ok((Some(hello), buffered)) = read_hello(&mut stream).await else {
         return;
     };
