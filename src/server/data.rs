@@ -121,17 +121,21 @@ fn replicate_and_answer(shard: &Rc<Shard>, later: LaterAnswer, applied: Applied)
         noreply,
     } = applied;
     if noreply {
-        super::replication::replicate_then(
-            shard,
-            &routing,
-            &targets,
-            &record.as_ref(),
-            Outcome::Log,
-        );
+        replicate_noreply(shard, &routing, &targets, &record);
         return answer_replicated(later, response, Ok(()));
     }
     let outcome = Outcome::Respond(later, response);
     super::replication::replicate_then(shard, &routing, &targets, &record.as_ref(), outcome);
+}
+
+/// Replicates a noreply write, answered already: nobody waits, a failure is logged.
+fn replicate_noreply(
+    shard: &Rc<Shard>,
+    routing: &RoutingSnapshot,
+    targets: &[SocketAddr],
+    record: &ReplicaRecord,
+) {
+    super::replication::replicate_then(shard, routing, targets, &record.as_ref(), Outcome::Log);
 }
 
 /// Answers a write once its replication is over (see [`replicate_and_answer`]).
@@ -392,13 +396,7 @@ pub(crate) async fn finish_write(shard: &Rc<Shard>, applied: Applied) -> DataRes
         return DataResponse::Error(format!("storage sync failed: {e}"));
     }
     if noreply {
-        super::replication::replicate_then(
-            shard,
-            &routing,
-            &targets,
-            &record.as_ref(),
-            Outcome::Log,
-        );
+        replicate_noreply(shard, &routing, &targets, &record);
         return response;
     }
     match super::replication::replicate(shard, &routing, &targets, record).await {

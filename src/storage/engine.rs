@@ -391,10 +391,7 @@ impl Engine {
         expiry: u32,
         version: u64,
     ) -> Result<(), StorageError> {
-        self.check_key(key)?;
-        self.check_value(value.len())?;
-        let old = self.find(key)?;
-        self.write(old, Kind::Value, key, value, version, flags, expiry)
+        self.put_held(Held(None), key, value, flags, expiry, version)
     }
 
     /// Stores only if no record (value or tombstone) with a version >= `version` is held.
