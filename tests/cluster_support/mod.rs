@@ -754,8 +754,30 @@ impl RealCluster {
     }
 
     /// `kumoctl attach`, then waits until every live server is active and the rebalance is over.
+    ///
+    /// First waits until the manager has heard from every running server: a server restarted a
+    /// moment ago may not have registered yet, and `attach` would then leave it out (seen in
+    /// the heavy kill loop when a slow disk held up the manager).
     pub fn attach(&self) {
-        let out = crate::support::kumoctl(self.manager(), &["attach"]);
+        let manager = self.manager();
+        for server in self.servers.iter().filter(|s| s.daemon.is_some()) {
+            let addr = server.addr;
+            wait_or(
+                &format!("the manager to hear from {addr}"),
+                Duration::from_secs(30),
+                || self.logs(),
+                || {
+                    let status = crate::support::kumoctl(manager, &["status"]);
+                    let waiting = status
+                        .split("not attached node:")
+                        .nth(1)
+                        .is_some_and(|rest| rest.contains(&format!("  {addr}")));
+                    let active = routing(manager).write.state_of(&addr) == Some(NodeState::Active);
+                    waiting || active
+                },
+            );
+        }
+        let out = crate::support::kumoctl(manager, &["attach"]);
         assert!(!out.to_lowercase().contains("error"), "attach: {out}");
         self.wait_settled();
     }
