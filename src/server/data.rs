@@ -369,7 +369,7 @@ pub(crate) fn begin_write(
         shard.observe_version(stored);
     }
     let version = shard.next_version();
-    let applied = apply_write(&mut shard.store.engine(), hash, write, version, Some(held));
+    let applied = apply_write(&mut shard.store.engine(), hash, write, version, held);
     match applied {
         Ok((response, Some(record))) => Begun::Applied(Applied {
             response,
@@ -405,7 +405,7 @@ pub(crate) async fn finish_write(shard: &Rc<Shard>, applied: Applied) -> DataRes
     }
 }
 
-/// Applies one write to `engine` stamped `version` (a set reuses the lookup `held`, if given, see
+/// Applies one write to `engine` stamped `version` (a set reuses the lookup `held`, see
 /// [`Engine::put_held`]). Returns the answer for the client and, when
 /// something was written, the record to replicate (the full resulting record, so replicas never need
 /// the old value: append, incr and touch replicate their outcome). Every op is one step on one
@@ -415,7 +415,7 @@ pub fn apply_write(
     hash: u64,
     write: &Write<'_>,
     version: u64,
-    held: Option<Held>,
+    held: Held,
 ) -> Result<(DataResponse, Option<ReplicaRecord>), StorageError> {
     let key = write.key;
     let record_of = |item: Item| ReplicaRecord {
@@ -451,10 +451,7 @@ pub fn apply_write(
     let (value, flags, exptime) = (write.value, write.flags, write.exptime);
     let outcome = match &write.op {
         WriteOp::Set => {
-            match held {
-                Some(held) => engine.put_held(held, key, value, flags, exptime, version)?,
-                None => engine.put(key, value, flags, exptime, version)?,
-            }
+            engine.put_held(held, key, value, flags, exptime, version)?;
             WriteOutcome::Stored
         }
         WriteOp::Add => engine.add(key, value, flags, exptime, version)?,

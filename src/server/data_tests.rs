@@ -60,25 +60,50 @@ fn live_owner_check_matches_the_ring() {
 #[test]
 fn set_and_conditional_writes_map_onto_the_engine() {
     let (_dir, mut e) = engine();
-    let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Add, "a", 3, 0), 10, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        9,
+        &write(WriteOp::Add, "a", 3, 0),
+        10,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!(resp, DataResponse::Stored { version: 10 });
     let rec = rec.unwrap();
     assert_eq!(
         (rec.hash, rec.value.as_slice(), rec.flags, rec.version),
         (9, &b"a"[..], 3, 10)
     );
-    let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Add, "b", 0, 0), 11, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        9,
+        &write(WriteOp::Add, "b", 0, 0),
+        11,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!((resp, rec), (DataResponse::NotStored, None));
     let cas = |v| write(WriteOp::Cas { version: v }, "c", 0, 0);
     assert_eq!(
-        apply_write(&mut e, 9, &cas(99), 12, None).unwrap().0,
+        apply_write(&mut e, 9, &cas(99), 12, Held::default())
+            .unwrap()
+            .0,
         DataResponse::Exists
     );
     assert_eq!(
-        apply_write(&mut e, 9, &cas(10), 13, None).unwrap().0,
+        apply_write(&mut e, 9, &cas(10), 13, Held::default())
+            .unwrap()
+            .0,
         DataResponse::Stored { version: 13 }
     );
-    let (resp, rec) = apply_write(&mut e, 9, &write(WriteOp::Append, "+", 0, 0), 14, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        9,
+        &write(WriteOp::Append, "+", 0, 0),
+        14,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!(resp, DataResponse::Stored { version: 14 });
     assert_eq!(
         rec.unwrap().value,
@@ -90,13 +115,20 @@ fn set_and_conditional_writes_map_onto_the_engine() {
 #[test]
 fn incr_touch_and_delete_replicate_their_outcome() {
     let (_dir, mut e) = engine();
-    apply_write(&mut e, 1, &write(WriteOp::Set, "41", 5, 0), 1, None).unwrap();
+    apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Set, "41", 5, 0),
+        1,
+        Held::default(),
+    )
+    .unwrap();
     let (resp, rec) = apply_write(
         &mut e,
         1,
         &write(WriteOp::Incr(Arith::by(1)), "", 0, 0),
         2,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!(
@@ -113,21 +145,42 @@ fn incr_touch_and_delete_replicate_their_outcome() {
         (&b"42"[..], 5, 2)
     );
     let far = u32::MAX - 1;
-    let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Touch, "", 0, far), 3, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Touch, "", 0, far),
+        3,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!(resp, DataResponse::Touched);
     assert_eq!(rec.unwrap().exptime, far);
-    let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Delete, "", 0, 0), 4, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Delete, "", 0, 0),
+        4,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!(resp, DataResponse::Deleted);
     let rec = rec.unwrap();
     assert!(rec.tombstone && rec.value.is_empty() && rec.version == 4);
-    let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Delete, "", 0, 0), 5, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Delete, "", 0, 0),
+        5,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!((resp, rec), (DataResponse::NotFound, None));
     let (resp, rec) = apply_write(
         &mut e,
         1,
         &write(WriteOp::Decr(Arith::by(1)), "", 0, 0),
         6,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!((resp, rec), (DataResponse::NotFound, None));
@@ -149,12 +202,13 @@ fn incr_and_decr_compare_the_cas_create_and_touch_in_one_step() {
         1,
         &write(WriteOp::Incr(arith(0, None, None)), "", 0, 0),
         1,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!((resp, rec), (DataResponse::NotFound, None));
     let create = WriteOp::Decr(arith(99, Some(40), None));
-    let (resp, rec) = apply_write(&mut e, 1, &write(create, "", 0, 1500), 2, None).unwrap();
+    let (resp, rec) =
+        apply_write(&mut e, 1, &write(create, "", 0, 1500), 2, Held::default()).unwrap();
     assert_eq!(
         resp,
         DataResponse::Number {
@@ -171,12 +225,12 @@ fn incr_and_decr_compare_the_cas_create_and_touch_in_one_step() {
         1,
         &write(WriteOp::Incr(arith(7, None, None)), "", 0, 0),
         3,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!((resp, rec), (DataResponse::Exists, None));
     let touch = WriteOp::Incr(arith(2, Some(5), Some(2000)));
-    let (resp, rec) = apply_write(&mut e, 1, &write(touch, "", 0, 0), 4, None).unwrap();
+    let (resp, rec) = apply_write(&mut e, 1, &write(touch, "", 0, 0), 4, Held::default()).unwrap();
     assert_eq!(
         resp,
         DataResponse::Number {
@@ -192,7 +246,7 @@ fn incr_and_decr_compare_the_cas_create_and_touch_in_one_step() {
         1,
         &write(WriteOp::Decr(arith(0, None, None)), "", 0, 0),
         5,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert!(matches!(
@@ -208,13 +262,21 @@ fn incr_and_decr_compare_the_cas_create_and_touch_in_one_step() {
 #[test]
 fn append_prepend_and_delete_with_a_cas() {
     let (_dir, mut e) = engine();
-    apply_write(&mut e, 1, &write(WriteOp::Set, "b", 0, 0), 10, None).unwrap();
+    apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Set, "b", 0, 0),
+        10,
+        Held::default(),
+    )
+    .unwrap();
     for op in [
         WriteOp::AppendCas { version: 9 },
         WriteOp::PrependCas { version: 9 },
         WriteOp::DeleteCas { version: 9 },
     ] {
-        let (resp, rec) = apply_write(&mut e, 1, &write(op, "x", 0, 0), 11, None).unwrap();
+        let (resp, rec) =
+            apply_write(&mut e, 1, &write(op, "x", 0, 0), 11, Held::default()).unwrap();
         assert_eq!((resp, rec), (DataResponse::Exists, None), "{op:?}");
     }
     let (resp, rec) = apply_write(
@@ -222,7 +284,7 @@ fn append_prepend_and_delete_with_a_cas() {
         1,
         &write(WriteOp::AppendCas { version: 10 }, "c", 0, 0),
         12,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!(resp, DataResponse::Stored { version: 12 });
@@ -232,7 +294,7 @@ fn append_prepend_and_delete_with_a_cas() {
         1,
         &write(WriteOp::PrependCas { version: 12 }, "a", 0, 0),
         13,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!(resp, DataResponse::Stored { version: 13 });
@@ -241,7 +303,7 @@ fn append_prepend_and_delete_with_a_cas() {
         1,
         &write(WriteOp::DeleteCas { version: 13 }, "", 0, 0),
         14,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!(resp, DataResponse::Deleted);
@@ -251,7 +313,7 @@ fn append_prepend_and_delete_with_a_cas() {
         1,
         &write(WriteOp::AppendCas { version: 14 }, "x", 0, 0),
         15,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!((resp, rec), (DataResponse::NotFound, None));
@@ -261,13 +323,20 @@ fn append_prepend_and_delete_with_a_cas() {
 fn get_and_touch_answers_the_value_even_when_it_expires_it() {
     let (_dir, mut e) = engine();
     e.set_clock(Some(1000));
-    apply_write(&mut e, 1, &write(WriteOp::Set, "v", 3, 0), 1, None).unwrap();
+    apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Set, "v", 3, 0),
+        1,
+        Held::default(),
+    )
+    .unwrap();
     let (resp, rec) = apply_write(
         &mut e,
         1,
         &write(WriteOp::GetAndTouch, "", 0, 1100),
         2,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!(
@@ -281,8 +350,14 @@ fn get_and_touch_answers_the_value_even_when_it_expires_it() {
     );
     assert_eq!(rec.unwrap().exptime, 1100);
     // A past expiry: the value once, then a miss; the replicas learn the expiry too.
-    let (resp, rec) =
-        apply_write(&mut e, 1, &write(WriteOp::GetAndTouch, "", 0, 1), 3, None).unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::GetAndTouch, "", 0, 1),
+        3,
+        Held::default(),
+    )
+    .unwrap();
     assert!(matches!(resp, DataResponse::Value { exptime: 1, .. }));
     let rec = rec.unwrap();
     assert_eq!(
@@ -295,13 +370,27 @@ fn get_and_touch_answers_the_value_even_when_it_expires_it() {
         1,
         &write(WriteOp::GetAndTouch, "", 0, 1100),
         4,
-        None,
+        Held::default(),
     )
     .unwrap();
     assert_eq!((resp, rec), (DataResponse::NotFound, None));
     // A plain touch to a past time is replicated as well.
-    apply_write(&mut e, 1, &write(WriteOp::Set, "w", 0, 0), 5, None).unwrap();
-    let (resp, rec) = apply_write(&mut e, 1, &write(WriteOp::Touch, "", 0, 1), 6, None).unwrap();
+    apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Set, "w", 0, 0),
+        5,
+        Held::default(),
+    )
+    .unwrap();
+    let (resp, rec) = apply_write(
+        &mut e,
+        1,
+        &write(WriteOp::Touch, "", 0, 1),
+        6,
+        Held::default(),
+    )
+    .unwrap();
     assert_eq!(resp, DataResponse::Touched);
     assert_eq!(rec.unwrap().exptime, 1);
 }

@@ -34,8 +34,9 @@ pub(crate) struct Found {
     pub header: Header,
 }
 
-/// A key's record as one lookup found it (see [`Engine::held`]).
-#[derive(Clone, Copy, Debug)]
+/// A key's record as one lookup found it (see [`Engine::held`]); the default is no lookup to
+/// reuse.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Held(Option<Found>);
 
 impl Held {
@@ -391,7 +392,7 @@ impl Engine {
         expiry: u32,
         version: u64,
     ) -> Result<(), StorageError> {
-        self.put_held(Held(None), key, value, flags, expiry, version)
+        self.put_held(Held::default(), key, value, flags, expiry, version)
     }
 
     /// Stores only if no record (value or tombstone) with a version >= `version` is held.
@@ -611,9 +612,9 @@ impl Engine {
         Ok(Held(self.find(key)?))
     }
 
-    /// [`Engine::put`] of the key `held` was taken for. The lookup is reused only if the index
-    /// still points where it did (no write, compaction step or growth moved it since); otherwise,
-    /// and for a key that had no record, the key is looked up again.
+    /// Stores unconditionally, reusing `held`, a lookup of the same key. It is reused only if the
+    /// index still points where it did (no write, compaction step or growth moved it since);
+    /// otherwise, and for a key that had no record, the key is looked up again.
     pub fn put_held(
         &mut self,
         held: Held,

@@ -223,6 +223,7 @@ impl Index {
     pub fn holds(&self, pos: usize, slot: Slot) -> bool {
         self.slots.get(pos) == Some(&slot)
     }
+
     /// Overwrites an occupied slot with a record of the same key.
     pub fn replace(&mut self, pos: usize, slot: Slot) {
         debug_assert!(!self.slots[pos].is_empty() && !slot.is_empty());
